@@ -1,0 +1,1430 @@
+"""tinyllm: a tiny language model, from text to samples, in one readable file.
+
+The pipeline is: text -> tokenizer -> decoder-only transformer -> training loop -> sampling.
+This file mirrors the notebook `tiny_llm.ipynb` section by section (same headings, same
+definitions); `python tinyllm.py --help` is the command line, and `import tinyllm` the library.
+
+The model follows today's small open models rather than GPT-2. The papers behind it:
+  - Attention Is All You Need (Vaswani et al., 2017): the transformer and scaled dot-product attention.
+  - Language Models are Unsupervised Multitask Learners (Radford et al., 2019): GPT-2, byte-level BPE.
+  - Root Mean Square Layer Normalization (Zhang & Sennrich, 2019): RMSNorm.
+  - RoFormer (Su et al., 2021): rotary position embeddings (RoPE).
+  - GLU Variants Improve Transformer (Shazeer, 2020): the SwiGLU feed-forward layer.
+  - LLaMA (Touvron et al., 2023): how these pieces fit together in a pre-norm decoder.
+  - Decoupled Weight Decay Regularization (Loshchilov & Hutter, 2019): AdamW.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+# Where downloaded datasets are cached (TINYLLM_DATA_DIR overrides it). The notebook uses ./data.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Setup: device, seed, versions
+# ----------------------------------------------------------------------------------------------
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device to train on: "auto" takes CUDA, then Apple's MPS, then the CPU.
+
+    An explicit name ("cpu", "cuda", "cuda:1", "mps") is checked, so a typo or a missing GPU is a
+    clear error here rather than a cryptic one on the first matrix multiply.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here: use --device cpu (or auto)")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but MPS is not available here: use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch so that a run can be repeated exactly (on the CPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions() -> str:
+    """One line naming the versions that matter, for bug reports and the notebook's header."""
+    cuda = torch.version.cuda or "none"
+    return f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {cuda}), numpy {np.__version__}"
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The data
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dataset:
+    """A built-in corpus: where it comes from, the name it is cached under, and its SHA-256."""
+
+    url: str
+    filename: str
+    sha256: str
+
+
+DATASETS = {
+    "shakespeare": Dataset(
+        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        filename="tinyshakespeare.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    ),
+}
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half of one.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsync'ed to disk, and
+    the temporary file is then renamed over `path` (a rename within one filesystem is atomic).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def download_dataset(name: str, data_dir: Path) -> Path:
+    """Fetch a built-in dataset once, check its SHA-256, and cache it in `data_dir`."""
+    ds = DATASETS[name]
+    path = Path(data_dir) / ds.filename
+    if path.is_file() and sha256_of(path.read_bytes()) == ds.sha256:
+        return path  # cache hit: a verified copy is already here
+    try:
+        with urllib.request.urlopen(ds.url, timeout=60) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError) as e:
+        raise ConnectionError(
+            f"could not download {name!r} from {ds.url} ({e}); download it by hand and save it as {path}"
+        ) from None
+    if sha256_of(data) != ds.sha256:
+        raise ValueError(f"download of {ds.url} has the wrong SHA-256 (expected {ds.sha256}); try again later")
+    atomic_write_bytes(path, data)
+    return path
+
+
+def load_text(source: str, data_dir: Optional[str | Path] = None) -> str:
+    """Return the text of a built-in dataset (e.g. "shakespeare") or of any UTF-8 text file.
+
+    Built-in datasets are downloaded once and cached in `data_dir`, which defaults to the
+    environment variable TINYLLM_DATA_DIR or else the repository's `data/` folder.
+    """
+    source = str(source)
+    if source in DATASETS:
+        data_dir = Path(data_dir or os.environ.get("TINYLLM_DATA_DIR") or DATA_DIR)
+        path = download_dataset(source, data_dir)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            names = ", ".join(DATASETS)
+            raise FileNotFoundError(f"no such file: {source} (give a path to a UTF-8 text file, or one of: {names})")
+        if path.is_dir():
+            raise ValueError(f"{source} is a directory: give the path of a UTF-8 text file inside it")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}): convert it, e.g. iconv -t UTF-8") from None
+    if not text:
+        raise ValueError(f"{path} is empty: give a file with some text in it")
+    return text
+
+
+def split_train_val(data: Sequence, val_fraction: float = 0.1) -> tuple:
+    """Split text or token ids into (train, val): the last `val_fraction` is validation, as nanoGPT does."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    n = int(len(data) * (1.0 - val_fraction))
+    return data[:n], data[n:]
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Tokenization
+# ----------------------------------------------------------------------------------------------
+
+TOKENIZER_FORMAT = "tinyllm-tokenizer"
+TOKENIZER_VERSION = 1
+
+
+class Tokenizer:
+    """What every tokenizer offers: encode, decode, vocab_size, and save/load as readable JSON."""
+
+    kind = "base"
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        """Save as JSON (human-readable, versioned); `load_tokenizer(path)` restores it."""
+        data = {"format": TOKENIZER_FORMAT, "version": TOKENIZER_VERSION, **self.to_dict()}
+        atomic_write_bytes(Path(path), json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id(s) {bad[:5]} outside the vocabulary 0..{self.vocab_size - 1}")
+        return ids
+
+
+class CharTokenizer(Tokenizer):
+    """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with."""
+
+    kind = "char"
+
+    def __init__(self, chars: str):
+        self.chars = "".join(sorted(set(chars)))
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            unseen = sorted(set(text) - set(self.stoi))
+            raise ValueError(
+                f"character(s) {''.join(unseen)!r} not in this tokenizer's vocabulary: "
+                "use only characters of the training text (or a BPE tokenizer)"
+            ) from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.chars[i] for i in self._check_ids(ids))
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "chars": self.chars}
+
+
+# GPT-2 style pre-split: contractions, words with their leading space, numbers, punctuation runs and
+# whitespace. Merges never cross these chunk boundaries, so "dog." and "dog!" share the token " dog".
+SPLIT_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+"
+
+
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every occurrence of `pair` in `ids` (left to right) with `new_id`."""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def pair_counts(ids: Sequence[int], weight: int = 1, counts: Optional[dict] = None) -> dict:
+    """Count adjacent pairs in `ids`, each occurrence counting `weight` times."""
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + weight
+    return counts
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level byte-pair encoding (BPE), as in GPT-2, written from scratch.
+
+    Ids 0-255 are the raw UTF-8 bytes, so any string at all can be encoded; merge i (a pair of ids
+    that often stand side by side) becomes id 256 + i. Special tokens, if any, come after the merges
+    and are never split.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, merges: Sequence[tuple[int, int]], special_tokens: Optional[dict] = None,
+                 pattern: str = SPLIT_PATTERN):
+        self.merges = [tuple(m) for m in merges]
+        self.ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}  # pair -> its new id
+        self.pattern = pattern
+        self.regex = re.compile(pattern)
+        self.vocab = [bytes([i]) for i in range(256)]
+        for a, b in self.merges:
+            self.vocab.append(self.vocab[a] + self.vocab[b])
+        self.special_tokens = dict(special_tokens or {})  # text -> id
+        self.special_regex = (
+            re.compile("(" + "|".join(re.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True)) + ")")
+            if self.special_tokens else None
+        )
+        self.cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, special_tokens: Sequence[str] = (),
+              pattern: str = SPLIT_PATTERN) -> "BPETokenizer":
+        """Learn `vocab_size - 256 - len(special_tokens)` merges from `text`.
+
+        The textbook loop recounts every pair in the whole text after each merge. Here the text is
+        first cut into chunks and identical chunks are counted once (Shakespeare's million characters
+        hold only ~25k distinct words); after a merge only the chunks that contain the merged pair are
+        recounted, and a heap hands out the most frequent pair. Ties go to the smallest pair, so
+        training is deterministic.
+        """
+        import heapq
+
+        n_merges = vocab_size - 256 - len(special_tokens)
+        if n_merges < 0:
+            raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (256 bytes + special tokens), got {vocab_size}")
+        chunk_counts: dict[str, int] = {}
+        for chunk in re.findall(pattern, text):
+            chunk_counts[chunk] = chunk_counts.get(chunk, 0) + 1
+        words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+        freqs = list(chunk_counts.values())
+        counts: dict[tuple[int, int], int] = {}
+        where: dict[tuple[int, int], set[int]] = {}  # pair -> indices of the words it occurs in
+        for w, (ids, freq) in enumerate(zip(words, freqs)):
+            for pair in zip(ids, ids[1:]):
+                counts[pair] = counts.get(pair, 0) + freq
+                where.setdefault(pair, set()).add(w)
+        heap = [(-c, pair) for pair, c in counts.items()]
+        heapq.heapify(heap)
+        merges: list[tuple[int, int]] = []
+        while len(merges) < n_merges:
+            while heap and counts.get(heap[0][1], 0) != -heap[0][0]:
+                heapq.heappop(heap)  # a stale entry: this pair's count has changed since it was pushed
+            if not heap:
+                raise ValueError(
+                    f"the text supports only {256 + len(merges) + len(special_tokens)} tokens, fewer than "
+                    f"vocab_size={vocab_size}: use a smaller vocab size or more text"
+                )
+            _, pair = heapq.heappop(heap)
+            new_id = 256 + len(merges)
+            merges.append(pair)
+            changed = set()
+            for w in where.pop(pair):
+                ids, freq = words[w], freqs[w]
+                for old in zip(ids, ids[1:]):  # forget this word's pairs ...
+                    counts[old] -= freq
+                    changed.add(old)
+                ids = words[w] = merge_pair(ids, pair, new_id)
+                for new in zip(ids, ids[1:]):  # ... and count them again after the merge
+                    counts[new] = counts.get(new, 0) + freq
+                    where.setdefault(new, set()).add(w)
+                    changed.add(new)
+            for p in changed:
+                if counts.get(p, 0) > 0:
+                    heapq.heappush(heap, (-counts[p], p))
+                else:
+                    counts.pop(p, None)
+        n = 256 + len(merges)
+        return cls(merges, {s: n + i for i, s in enumerate(special_tokens)}, pattern)
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + len(self.merges) + len(self.special_tokens)
+
+    def _encode_chunk(self, chunk: str) -> list[int]:
+        """Apply the merges to one chunk, always the one learned first (lowest rank) next."""
+        if chunk in self.cache:
+            return self.cache[chunk]
+        ids = list(chunk.encode("utf-8"))
+        while len(ids) >= 2:
+            pair = min(zip(ids, ids[1:]), key=lambda p: self.ranks.get(p, math.inf))
+            if pair not in self.ranks:
+                break  # nothing left to merge
+            ids = merge_pair(ids, pair, self.ranks[pair])
+        if len(self.cache) < 100_000:
+            self.cache[chunk] = ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        parts = self.special_regex.split(text) if self.special_regex else [text]
+        ids: list[int] = []
+        for part in parts:
+            if part in self.special_tokens:
+                ids.append(self.special_tokens[part])
+            else:
+                for chunk in self.regex.findall(part):
+                    ids.extend(self._encode_chunk(chunk))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Bytes back to text; ids that do not form valid UTF-8 become the replacement character."""
+        specials = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
+        data = b"".join(specials[i] if i in specials else self.vocab[i] for i in self._check_ids(ids))
+        return data.decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict:
+        return {"type": "bpe", "pattern": self.pattern, "merges": [list(m) for m in self.merges],
+                "special_tokens": self.special_tokens}
+
+
+def tokenizer_from_dict(data: dict) -> Tokenizer:
+    """Rebuild a tokenizer from its saved form, checking it as untrusted data."""
+    if not isinstance(data, dict) or data.get("type") not in ("char", "bpe"):
+        raise ValueError("not a tinyllm tokenizer (expected a 'type' of 'char' or 'bpe')")
+    if data.get("version", TOKENIZER_VERSION) != TOKENIZER_VERSION:
+        raise ValueError(f"tokenizer format version {data.get('version')}; this tinyllm reads version {TOKENIZER_VERSION}")
+    if data["type"] == "char":
+        chars = data.get("chars")
+        if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+            raise ValueError("malformed char tokenizer: 'chars' must be a string of distinct characters")
+        return CharTokenizer(chars)
+    merges, specials, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern", SPLIT_PATTERN)
+    if not isinstance(merges, list) or not isinstance(specials, dict) or not isinstance(pattern, str):
+        raise ValueError("malformed BPE tokenizer: 'merges' must be a list and 'special_tokens' a dict")
+    for i, m in enumerate(merges):
+        ok = isinstance(m, list) and len(m) == 2 and all(type(x) is int and 0 <= x < 256 + i for x in m)
+        if not ok:
+            raise ValueError(f"malformed BPE tokenizer: merge {i} is {m!r}, expected two ids below {256 + i}")
+    n = 256 + len(merges)
+    if sorted(specials.values()) != list(range(n, n + len(specials))) or not all(isinstance(s, str) and s for s in specials):
+        raise ValueError(f"malformed BPE tokenizer: special tokens must have the ids {n}..{n + len(specials) - 1}")
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"malformed BPE tokenizer: bad split pattern ({e})") from None
+    return BPETokenizer([tuple(m) for m in merges], specials, pattern)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer saved with `.save(path)`, whichever kind it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a tokenizer file (not valid JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != TOKENIZER_FORMAT:
+        raise ValueError(f"{path} is not a tinyllm tokenizer file")
+    return tokenizer_from_dict(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Embeddings
+# ----------------------------------------------------------------------------------------------
+# A token id becomes a learned vector by looking up a row of an nn.Embedding table. There are no
+# position embeddings: position enters inside attention, through RoPE (section 6).
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Self-attention
+# ----------------------------------------------------------------------------------------------
+
+def attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention, every step written out: softmax(q k^T / sqrt(d) + mask) v.
+
+    q is (B, H, Tq, D); k and v are (B, H, Tk, D). With `causal`, query i may only look at keys up
+    to its own position (the last Tq of the Tk keys are the queries' own). Returns the output
+    (B, H, Tq, D) and the attention weights (B, H, Tq, Tk), which are handy for plotting.
+    """
+    Tq, Tk, D = q.size(-2), k.size(-2), q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, Tq, Tk): how well each query matches each key
+    if causal:
+        allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        scores = scores.masked_fill(~allowed, float("-inf"))  # no peeking at the future
+    weights = F.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk), each row sums to 1
+    return weights @ v, weights  # (B, H, Tq, D): a weighted average of the values
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Multi-head attention and RoPE
+# ----------------------------------------------------------------------------------------------
+
+def rope_angles(head_dim: int, positions: torch.Tensor, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles pos * theta^(-2i/head_dim), each (T, head_dim).
+
+    Pair i of a head's channels turns at its own frequency, from one turn per ~6 tokens (i = 0) to
+    very slow ones, so that near and far offsets are both visible in the dot products.
+    """
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim / 2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, head_dim): channel i and i + head_dim/2 share an angle
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + D/2]) of x (B, H, T, D) by its angle.
+
+    A query at position m and a key at position n are rotated by m and n, so their dot product
+    depends only on m - n: attention sees relative positions, whatever the absolute ones are.
+    """
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    rotated = torch.cat([-x2, x1], dim=-1)  # (B, H, T, D)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with RoPE.
+
+    Each head compares queries with keys in its own subspace of head_dim channels, so different heads
+    can follow different relations (the previous character, the start of the word, ...). The fast
+    path is PyTorch's fused `scaled_dot_product_attention`; set `by_hand = True` to run
+    `attention_by_hand` instead and keep the weights in `self.weights` for plotting.
+    """
+
+    def __init__(self, cfg: "ModelConfig"):
+        super().__init__()
+        assert cfg.d_model % cfg.n_head == 0, "d_model must be divisible by n_head"
+        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # queries, keys, values in one matmul
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.by_hand = False
+        self.weights: Optional[torch.Tensor] = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: Optional["KVCache"] = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        causal = True
+        if cache is not None:
+            k, v = cache.add(k, v)  # (B, H, S, D): every key and value this layer still remembers
+            causal = T > 1  # a single new query may look at everything in the cache
+        if self.by_hand:
+            y, self.weights = attention_by_hand(q, k, v, causal=causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
+        return self.proj(y)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. The transformer block
+# ----------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """Scale each vector to unit root-mean-square, then by a learned gain: x / rms(x) * g.
+
+    GPT-2's LayerNorm also subtracts the mean and adds a bias; RMSNorm drops both, is cheaper, and
+    trains as well. Computed in float32 so that it is safe under fp16 autocast.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """The feed-forward layer: down(silu(gate(x)) * up(x)).
+
+    GPT-2 uses down(gelu(up(x))). The gate lets the layer switch each hidden unit on and off
+    smoothly; at equal parameter count it learns faster (Shazeer, 2020), so LLaMA and most open
+    models use it. `gate` and `up` are computed in one matmul.
+    """
+
+    def __init__(self, cfg: "ModelConfig"):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, d_ff) each
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    Normalising the input of each branch (not its output, as the 2017 transformer did) leaves a
+    clean residual path from the embedding to the head, which keeps deep stacks easy to train.
+    """
+
+    def __init__(self, cfg: "ModelConfig"):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm2 = RMSNorm(cfg.d_model)
+        self.mlp = SwiGLU(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: Optional["KVCache"] = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), cos, sin, cache))
+        x = x + self.dropout(self.mlp(self.norm2(x)))
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. The whole model
+# ----------------------------------------------------------------------------------------------
+
+# Every named configuration, model and training settings together, in one place.
+PRESETS: dict[str, dict[str, dict]] = {
+    # For tests: tiny and quick.
+    "tiny": {
+        "model": dict(n_layer=2, n_head=2, d_model=32, d_ff=64, block_size=32),
+        "train": dict(batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=10, max_steps=100, eval_interval=50,
+                      eval_windows=8, log_interval=25),
+    },
+    # The most model that ~100 s on 2 CPU cores can train (see bench/README.md for how it was chosen).
+    "cpu": {
+        "model": dict(n_layer=4, n_head=4, d_model=128, d_ff=256, block_size=128),
+        "train": dict(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=50, max_steps=100_000, max_time=100.0,
+                      eval_interval=250, eval_windows=32, log_interval=100),
+    },
+    # The GPU default: ~8.9M parameters with a 65-character vocabulary, context 256.
+    "9m": {
+        "model": dict(n_layer=6, n_head=6, d_model=384, d_ff=768, block_size=256),
+        "train": dict(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=3000, max_time=540.0,
+                      eval_interval=250, eval_windows=100, log_interval=50),
+    },
+}
+
+
+def check_preset(name: str) -> dict[str, dict]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass
+class ModelConfig:
+    """The shape of the network. `from_preset` gives the named sizes; any field can be overridden."""
+
+    vocab_size: int = 65
+    block_size: int = 256  # the context: how many tokens the model sees at once
+    n_layer: int = 6
+    n_head: int = 6
+    d_model: int = 384
+    d_ff: int = 768  # hidden width of the SwiGLU feed-forward layer
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+
+    @classmethod
+    def from_preset(cls, name: str, vocab_size: int, **overrides) -> "ModelConfig":
+        return cls(vocab_size=vocab_size, **{**check_preset(name)["model"], **overrides})
+
+
+class TinyLLM(nn.Module):
+    """A decoder-only transformer: embed tokens, n_layer blocks, a final norm, and a head tied to the embedding.
+
+    Compared with GPT-2: RoPE instead of learned position embeddings (relative positions, nothing to
+    learn, and generation can run past the context), RMSNorm instead of LayerNorm, SwiGLU instead of
+    a GELU MLP, and no biases - the recipe of LLaMA and most open models since.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.norm = RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # weight tying: one matrix reads tokens in and writes them out
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith(("proj.weight", "down.weight")):
+                # The layers that write into the residual stream start smaller, so the stream's
+                # variance does not grow with depth (GPT-2's scaled init).
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """All parameters, the tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                cache: Optional[list["KVCache"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits (B, T, vocab_size) for token ids idx (B, T), and the cross-entropy loss if targets are given.
+
+        With a `cache` (one KVCache per block), idx holds only the new tokens and positions continue
+        from what the cache has already seen.
+        """
+        B, T = idx.shape
+        start = cache[0].seen if cache else 0
+        if cache is None and T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.block_size})")
+        cos, sin = rope_angles(self.config.d_model // self.config.n_head,
+                               torch.arange(start, start + T, device=idx.device), self.config.rope_theta)
+        x = self.embed(idx)  # (B, T, d_model)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache[i] if cache else None)
+        logits = self.head(self.norm(x))  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def new_cache(self, batch_size: int) -> list["KVCache"]:
+        """An empty KV cache for generation: one per block, each with room for block_size tokens."""
+        p = self.embed.weight
+        cfg = self.config
+        return [KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.d_model // cfg.n_head, p.device, p.dtype)
+                for _ in self.blocks]
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stop_token: Optional[int] = None, use_cache: bool = True,
+                 on_token: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+        """Continue the token ids idx (B, T) by up to max_new_tokens; returns (B, T + n).
+
+        Sampling is done by `generate_tokens` (section 11); `on_token` is called with each new token
+        of the first row as it comes (streaming), and generation stops early at `stop_token`.
+        """
+        out = [idx]
+        for token in generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+            out.append(token)
+            if on_token is not None:
+                on_token(int(token[0, 0]))
+            if stop_token is not None and bool((token == stop_token).all()):
+                break
+        return torch.cat(out, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. The training loop
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """How to train. Stops at max_steps or after max_time seconds, whichever comes first."""
+
+    batch_size: int = 32
+    grad_accum: int = 1  # micro-batches per optimizer step: the effective batch is batch_size * grad_accum
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    max_time: Optional[float] = None  # seconds; with it, the LR schedule follows the clock
+    weight_decay: float = 0.1
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_windows: int = 64  # validation windows per periodic evaluation; the final one uses all
+    log_interval: int = 50
+    ckpt_interval: int = 0  # steps between last.pt saves (0: at evaluations and at the end)
+    device: str = "auto"
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False
+    seed: int = 1337
+    out_dir: Optional[str] = None  # where last.pt and best.pt go; None saves nothing
+    chars_per_token: float = 1.0  # to report bits per character for any tokenizer
+    progress: bool = True
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TrainConfig":
+        return cls(**{**check_preset(name)["train"], **overrides})
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def get_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of the token stream: inputs x and targets y = x shifted by one, each (B, T)."""
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    idx = starts[:, None] + torch.arange(block_size + 1)  # (B, T + 1)
+    chunk = data[idx]
+    x, y = chunk[:, :-1], chunk[:, 1:]
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def lr_at(step: int, progress: float, config: TrainConfig) -> float:
+    """Linear warmup for warmup_steps, then a cosine from lr down to min_lr as progress goes 0 -> 1."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return config.min_lr + cosine * (config.lr - config.min_lr)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW, with weight decay on the matrices only: decaying gains and embeddings' norms helps nothing."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), eps=1e-8)
+
+
+def choose_precision(device: torch.device, dtype: str = "auto") -> Optional[torch.dtype]:
+    """The autocast dtype, or None for plain float32.
+
+    On CUDA, bf16 needs compute capability 8.0 (Ampere) or newer; older GPUs such as the T4 get fp16,
+    which needs a GradScaler. `torch.cuda.is_bf16_supported()` is no guide: it says True on a T4,
+    where bf16 is only emulated and slow. On CPU and MPS, float32 unless asked otherwise.
+    """
+    if dtype not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, fp32, bf16 or fp16")
+    if dtype == "auto":
+        if device.type != "cuda":
+            return None
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 32,
+             max_windows: Optional[int] = None, autocast_dtype: Optional[torch.dtype] = None) -> float:
+    """Mean next-token loss (nats) over non-overlapping windows of `data`, starting at its first token.
+
+    With max_windows, an evenly spaced subset of those windows (cheaper, for evaluations during
+    training). Deterministic: the same model always gets the same number.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    T = min(block_size, len(data) - 1)
+    n = (len(data) - 1) // T
+    if n < 1:
+        raise ValueError("validation data is too short: it needs at least 2 tokens")
+    starts = torch.arange(n) * T
+    if max_windows is not None and max_windows < n:
+        starts = starts[torch.linspace(0, n - 1, max_windows).long()]
+    total, count = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        idx = starts[i:i + batch_size, None] + torch.arange(T + 1)  # (b, T + 1)
+        chunk = data[idx].to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            _, loss = model(chunk[:, :-1], chunk[:, 1:])
+        total += loss.item() * idx.numel()
+        count += idx.numel()
+    model.train(was_training)
+    return total / count
+
+
+def bits_per_char(loss: float, chars_per_token: float = 1.0) -> float:
+    """Convert a loss in nats per token to bits per character, comparable across tokenizers."""
+    return loss / math.log(2) / chars_per_token
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torch.distributed run (only rank 0 logs and saves)."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequence[int] | torch.Tensor,
+          config: TrainConfig, tokenizer: Optional[Tokenizer] = None, state: Optional[dict] = None,
+          meta: Optional[dict] = None) -> list[dict]:
+    """Train `model` in place and return the history: one dict per evaluation.
+
+    With config.out_dir set, writes out_dir/last.pt (periodically and at the end, for resuming) and
+    out_dir/best.pt (best validation loss). Pass `state`, a checkpoint from `load_checkpoint`, to
+    resume a run exactly where it stopped: step, LR schedule, optimizer moments and data RNG.
+    Ctrl-C stops at the end of the current step, saves last.pt and raises KeyboardInterrupt.
+    Under torchrun, each rank trains on its own batches and gradients are averaged (DDP).
+    """
+    cfg, device = model.config, pick_device(config.device)
+    train_data = torch.as_tensor(train_ids, dtype=torch.long)
+    val_data = torch.as_tensor(val_ids, dtype=torch.long)
+    if len(train_data) <= cfg.block_size + 1:
+        raise ValueError(f"the training text has {len(train_data)} tokens, too few for one window of "
+                         f"{cfg.block_size}: use more text or a smaller block size")
+    if len(val_data) < 2:
+        raise ValueError("the validation split has fewer than 2 tokens: use more text")
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    main = rank == 0
+    amp_dtype = choose_precision(device, config.dtype)
+    model.to(device).train()
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    generator = torch.Generator().manual_seed(config.seed + rank)
+    step, history, best_val, elapsed = 0, [], math.inf, 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["rng"]["data"][rank].cpu())
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        step, history, best_val, elapsed = state["step"], list(state["history"]), state["best_val"], state["elapsed"]
+    out_dir = Path(config.out_dir) if config.out_dir and main else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out_dir)
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+
+    def from_rank0(value: float) -> float:
+        """Rank 0's value on every rank (its clock and its validation loss decide for all)."""
+        if not distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.broadcast(t, 0)
+        return t.item()
+
+    def save(name: str, done: bool) -> None:
+        rng_data = [generator.get_state()]
+        if distributed:  # every rank's data RNG, so that each resumes its own stream of batches
+            rng_data = [None] * world
+            torch.distributed.all_gather_object(rng_data, generator.get_state())
+        if out_dir is not None:
+            save_checkpoint(out_dir / name, model, tokenizer, optimizer=optimizer, scaler=scaler, step=step,
+                            history=history, train_config=config, best_val=best_val, elapsed=elapsed, done=done,
+                            rng={"data": rng_data, "torch": torch.get_rng_state()}, meta=meta)
+
+    def is_finished() -> bool:
+        return bool(from_rank0(float(step >= config.max_steps or (timed and elapsed >= config.max_time))))
+
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        if interrupted:  # a second Ctrl-C: stop right now
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    import signal
+    import threading
+    use_signal = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if use_signal else None
+    timed = bool(config.max_time)
+    bar = tqdm(total=int(config.max_time) if timed else config.max_steps, initial=int(elapsed) if timed else step,
+               unit="s" if timed else "step", disable=not (config.progress and main), desc="training",
+               dynamic_ncols=True, leave=False)
+    t0 = time.perf_counter() - elapsed
+    losses: list[float] = []
+    last = is_finished()
+    try:
+        while not last:
+            lr = lr_at(step, max(step / config.max_steps, elapsed / config.max_time if timed else 0.0), config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                x, y = get_batch(train_data, config.batch_size, cfg.block_size, generator, device)
+                sync = micro == config.grad_accum - 1  # DDP: average gradients only after the last micro-batch
+                with (net.no_sync() if distributed and not sync else contextlib.nullcontext()):
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        _, loss = net(x, y)
+                    scaler.scale(loss / config.grad_accum).backward()  # gradients of the mean over micro-batches
+                loss_sum += loss.detach()
+            loss_value = loss_sum.item() / config.grad_accum
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"the loss became {loss_value} at step {step + 1} (learning rate {lr:.2e}): "
+                                       "lower --lr, or train in fp32; the last good checkpoint is kept")
+            scaler.unscale_(optimizer)  # so that clipping sees the true gradients
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed = time.perf_counter() - t0
+            losses.append(loss_value)
+            bar.update(int(elapsed) - bar.n if timed else 1)
+            bar.set_postfix(step=step, loss=f"{loss_value:.3f}")
+            last = is_finished() or bool(from_rank0(float(bool(interrupted))))
+            evaluating = step % config.eval_interval == 0 or (last and not interrupted)
+            if evaluating:
+                val_loss = evaluate(model, val_data, cfg.block_size, 64, None if last else config.eval_windows,
+                                    amp_dtype) if main else 0.0
+                val_loss = from_rank0(val_loss)
+                row = {"step": step, "tokens": step * config.batch_size * config.grad_accum * cfg.block_size * world,
+                       "train_loss": sum(losses) / len(losses), "val_loss": val_loss, "lr": lr,
+                       "seconds": round(elapsed, 2), "train_bpc": bits_per_char(sum(losses) / len(losses), config.chars_per_token),
+                       "val_bpc": bits_per_char(val_loss, config.chars_per_token)}
+                history.append(row)
+                losses = []
+                if main and config.progress:
+                    tqdm.write(f"step {step:>6} | train {row['train_loss']:.4f} | val {val_loss:.4f} "
+                               f"({row['val_bpc']:.3f} bits/char) | lr {lr:.2e} | {elapsed:6.1f}s")
+                if val_loss < best_val:
+                    best_val = val_loss
+                    save("best.pt", done=last and not interrupted)
+            elif main and config.progress and step % config.log_interval == 0:
+                tqdm.write(f"step {step:>6} | train {loss_value:.4f} | lr {lr:.2e} | {elapsed:6.1f}s")
+            if last or evaluating or (config.ckpt_interval and step % config.ckpt_interval == 0):
+                save("last.pt", done=last and not interrupted)
+            elapsed = time.perf_counter() - t0  # evaluating and saving count against max_time too
+    finally:
+        bar.close()
+        if use_signal:
+            signal.signal(signal.SIGINT, old_handler)
+    if interrupted:
+        raise KeyboardInterrupt(f"stopped at step {step}; last.pt saved")
+    return history
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Delete temporary files left by a write that was cut short (a crash between write and rename)."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. Training it
+# ----------------------------------------------------------------------------------------------
+# The command line (section 14) and the notebook put the pieces together: load text, build a
+# tokenizer, encode, split, build the model, and call train().
+
+
+# ----------------------------------------------------------------------------------------------
+# 11. Sampling
+# ----------------------------------------------------------------------------------------------
+
+def check_sampling_args(temperature: float, top_k: Optional[int], top_p: Optional[float],
+                        max_new_tokens: int = 0) -> None:
+    """Reject settings that would silently do something odd."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+
+def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Pick the next token from logits (B, V); returns (B, 1).
+
+    temperature 0 is greedy (argmax); otherwise logits / temperature are turned into probabilities,
+    cut to the top_k most likely tokens and/or to the smallest set whose probability reaches top_p
+    (nucleus sampling), and sampled from.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p  # keep tokens until top_p is reached
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def generate_tokens(model: TinyLLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                    use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield new tokens (B, 1) one at a time, continuing idx (B, T).
+
+    Without the cache, every step runs the model over the last block_size tokens. With it, the
+    prompt is run once and each later step feeds only the newest token, reusing the keys and values
+    the cache keeps. A prompt longer than the context is cropped to its last block_size tokens.
+    """
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    idx = idx.to(device)[:, -model.config.block_size:]
+    cache = model.new_cache(idx.size(0)) if use_cache else None
+    try:
+        for _ in range(max_new_tokens):
+            if cache is None:
+                logits, _ = model(idx[:, -model.config.block_size:])
+            elif cache[0].seen == 0:
+                logits, _ = model(idx, cache=cache)  # the prompt, all at once
+            else:
+                logits, _ = model(idx[:, -1:], cache=cache)  # just the newest token
+            token = sample_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, token], dim=1)[:, -model.config.block_size:]
+            yield token
+    finally:
+        model.train(was_training)
+
+
+def complete(model: TinyLLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 500,
+             temperature: float = 0.8, top_k: Optional[int] = None, top_p: Optional[float] = None,
+             seed: Optional[int] = None, stop: Optional[str] = None, use_cache: bool = True,
+             on_text: Optional[Callable[[str], None]] = None) -> str:
+    """Continue a text prompt; returns the new text. `on_text` receives it piece by piece (streaming).
+
+    Generation ends after max_new_tokens or just before the first occurrence of `stop`. Text is
+    held back while it might be the start of `stop`, or while it ends in an incomplete UTF-8
+    character (a byte-level BPE token can be half of one).
+    """
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:
+        raise ValueError("the prompt is empty after tokenization: give at least one character")
+    device = next(model.parameters()).device
+    new: list[int] = []
+    shown = ""
+    for token in generate_tokens(model, torch.tensor([ids], device=device), max_new_tokens,
+                                 temperature, top_k, top_p, seed, use_cache):
+        new.append(int(token[0, 0]))
+        text = tokenizer.decode(new)
+        if stop and stop in text:
+            text = text[:text.index(stop)]
+            if on_text and text[len(shown):]:
+                on_text(text[len(shown):])
+            return text
+        ready = len(text.rstrip("\ufffd"))
+        if stop:  # keep back a tail that could still grow into `stop`
+            for k in range(min(len(stop) - 1, ready), 0, -1):
+                if stop.startswith(text[ready - k:ready]):
+                    ready -= k
+                    break
+        if on_text and ready > len(shown):
+            on_text(text[len(shown):ready])
+            shown = text[:ready]
+    text = tokenizer.decode(new)
+    if on_text and text[len(shown):]:
+        on_text(text[len(shown):])
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# 12. The KV cache
+# ----------------------------------------------------------------------------------------------
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, so each new token costs one step.
+
+    It holds block_size slots. Once full, a new token overwrites the oldest slot (a ring buffer), so
+    the model keeps attending to exactly the last block_size tokens. With RoPE nothing needs
+    recomputing when the window slides: keys carry their absolute rotations, and a query's dot product
+    with them depends only on the distance between the two. (Unlike re-running the model on the
+    cropped window, the remembered keys and values still reflect the earlier context they were
+    computed in, as in sliding-window attention; a single query attends to a set of keys, so their
+    order in the buffer does not matter.)
+    """
+
+    def __init__(self, batch_size: int, n_head: int, size: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.k = torch.zeros(batch_size, n_head, size, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.seen = 0  # tokens added so far (their positions are 0 .. seen - 1)
+
+    def add(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys and values (B, H, T, D); return everything remembered, (B, H, S, D)."""
+        T, size = k.size(2), self.k.size(2)
+        if T > 1 and (self.seen > 0 or T > size):
+            raise ValueError("a KVCache takes a prompt of at most block_size tokens first, then one token at a time")
+        slot = self.seen % size
+        self.k[:, :, slot:slot + T] = k
+        self.v[:, :, slot:slot + T] = v
+        self.seen += T
+        n = min(self.seen, size)
+        return self.k[:, :, :n], self.v[:, :, :n]
+
+
+# ----------------------------------------------------------------------------------------------
+# 13. Saving and loading
+# ----------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "tinyllm-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokenizer] = None, **extra) -> None:
+    """Write the model, its config, the tokenizer and any training state (`extra`) to one file, atomically.
+
+    Everything is stored as tensors and plain Python data (configs and tokenizers as dicts), so the
+    file loads with torch.load(weights_only=True), which never runs code from the file.
+    """
+    import io
+
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+               "model_config": asdict(model.config), "model": model.state_dict(),
+               "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}
+    for key, value in extra.items():
+        if key == "optimizer" and value is not None:
+            value = value.state_dict()
+        elif key == "scaler" and value is not None:
+            value = value.state_dict() if value.is_enabled() else None
+        elif key == "train_config" and value is not None:
+            value = asdict(value)
+        payload[key] = value
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file (or a run directory's best.pt) as a dict with a ready "model" and "tokenizer".
+
+    The other keys are whatever training saved: "optimizer", "step", "history", "train_config", ...
+    Files that are missing, cut short, not checkpoints, of another format version, or that try to
+    unpickle anything but tensors and plain data are refused with a ValueError or FileNotFoundError.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: give a .pt file or a run directory from `tinyllm.py train`")
+    try:
+        data = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds objects other than tensors and plain data, which tinyllm never unpickles"
+        raise ValueError(f"cannot load checkpoint {path}: {reason}") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a tinyllm checkpoint")
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} has checkpoint format version {data.get('version')}; this tinyllm reads "
+                         f"version {CHECKPOINT_VERSION}: use the tinyllm release that wrote it")
+    try:
+        config = ModelConfig(**data["model_config"])
+        model = TinyLLM(config)
+        model.load_state_dict(data["model"])
+    except (TypeError, KeyError, RuntimeError) as e:
+        raise ValueError(f"{path} is damaged: its model does not match its config ({str(e).splitlines()[0]})") from None
+    data["model"] = model.to(device)
+    data["model_config"] = config
+    data["tokenizer"] = tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None
+    if data.get("train_config"):
+        data["train_config"] = TrainConfig(**data["train_config"])
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# 14. The command line (module only)
+# ----------------------------------------------------------------------------------------------
+
+class CLIParser(__import__("argparse").ArgumentParser):
+    """argparse, but a usage mistake is one line that points at --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: python tinyllm.py {self.prog.split()[-1]} --help)\n")
+
+
+def build_parser() -> CLIParser:
+    parser = CLIParser(prog="tinyllm.py", description="Train a tiny language model and sample from it.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CLIParser)
+
+    t = sub.add_parser("train", help="train a model (default: TinyShakespeare, char tokenizer)",
+                       description="Train a model. On a CPU the default run takes about two minutes; "
+                                   "on a GPU it trains the 9m preset.")
+    t.add_argument("--data", default="shakespeare", help="a built-in dataset (shakespeare) or a UTF-8 text file")
+    t.add_argument("--tokenizer", default="char", help="char (one token per character) or bpe (byte-level BPE)")
+    t.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size, at least 256 (default 512)")
+    t.add_argument("--preset", help=f"model and training settings: {', '.join(PRESETS)} "
+                                    "(default: 9m on a GPU, cpu otherwise)")
+    t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    t.add_argument("--max-time", type=float, help="stop after this many seconds of training")
+    t.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    t.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (auto: bf16/fp16 on CUDA, fp32 elsewhere)")
+    t.add_argument("--compile", action="store_true", help="use torch.compile (slow to start, faster per step)")
+    t.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the preset's)")
+    t.add_argument("--ckpt-interval", type=int, default=0, help="steps between saves of last.pt (0: at evaluations)")
+    t.add_argument("--out", help="run directory for last.pt and best.pt (default: a new runs/<date-time>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest run)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
+    t.add_argument("--data-dir", help="where built-in datasets are cached (default: $TINYLLM_DATA_DIR or data/)")
+    t.add_argument("--sample-tokens", type=int, default=400, help="length of the sample printed at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or loss lines")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate text from a trained model", description="Generate text from a checkpoint.")
+    s.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
+    s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    s.add_argument("--max-new-tokens", type=int, default=500, help="how many tokens to generate (default 500)")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more surprising (default 0.8)")
+    s.add_argument("--top-k", type=int, help="sample only from the k most likely tokens")
+    s.add_argument("--top-p", type=float, help="sample only from the most likely tokens that make up probability p")
+    s.add_argument("--stop", help="stop before this string appears")
+    s.add_argument("--seed", type=int, help="random seed, for a repeatable sample")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
+    s.set_defaults(func=cmd_sample)
+    return parser
+
+
+def new_run_dir(root: Path = Path("runs")) -> Path:
+    """runs/<date-time>, with a suffix if that exists already, so that every run has its own."""
+    base = root / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
+
+
+def find_run_to_resume(out: Optional[str]) -> Path:
+    if out is None:
+        runs = sorted(Path("runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise FileNotFoundError("nothing to resume: no runs/*/last.pt here; start a run without --resume")
+        return runs[-1].parent
+    if not (Path(out) / "last.pt").is_file():
+        raise FileNotFoundError(f"nothing to resume in {out}: it has no last.pt; start a fresh run without --resume")
+    return Path(out)
+
+
+def prepare_data(source: str, tokenizer: Tokenizer, data_dir: Optional[str]) -> tuple[list[int], list[int], float]:
+    """Encode a corpus and split it; also returns the validation split's characters per token."""
+    train_text, val_text = split_train_val(load_text(source, data_dir))
+    val_ids = tokenizer.encode(val_text)
+    return tokenizer.encode(train_text), val_ids, len(val_text) / max(len(val_ids), 1)
+
+
+def cmd_train(args) -> int:
+    device = pick_device(args.device)
+    if args.resume:
+        out = find_run_to_resume(args.out)
+        state = load_checkpoint(out / "last.pt")
+        model, tokenizer, config, meta = state["model"], state["tokenizer"], state["train_config"], state["meta"]
+        if state.get("done"):
+            print(f"the run in {out} already finished at step {state['step']} "
+                  f"(best val loss {state['best_val']:.4f}); nothing to resume. Train longer with a new run, "
+                  f"e.g. python tinyllm.py train --max-time 600")
+            return 0
+        config.device, config.progress = args.device, not args.quiet
+        train_ids, val_ids, _ = prepare_data(meta["data"], tokenizer, args.data_dir)
+        print(f"resuming {out} at step {state['step']}")
+    else:
+        if args.tokenizer not in ("char", "bpe"):
+            raise ValueError(f"unknown tokenizer {args.tokenizer!r}: use char or bpe")
+        preset = args.preset or ("9m" if device.type == "cuda" else "cpu")
+        check_preset(preset)
+        out = Path(args.out) if args.out else new_run_dir()
+        if (out / "last.pt").exists() or (out / "best.pt").exists():
+            raise FileExistsError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+        text = load_text(args.data, args.data_dir)
+        if args.tokenizer == "char":
+            tokenizer = CharTokenizer.from_text(text)
+        else:
+            print(f"training a BPE tokenizer with {args.vocab_size} tokens ...")
+            tokenizer = BPETokenizer.train(split_train_val(text)[0], args.vocab_size)
+        train_ids, val_ids, chars_per_token = prepare_data(args.data, tokenizer, args.data_dir)
+        overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
+                                             max_steps=args.max_steps, max_time=args.max_time).items() if v is not None}
+        if args.max_steps is not None and args.max_time is None:
+            overrides["max_time"] = None  # a step budget alone: no clock
+        if args.max_time is not None and args.max_steps is None:
+            overrides["max_steps"] = 10**9  # a time budget alone: no step limit
+        config = TrainConfig.from_preset(preset, **overrides, device=args.device, dtype=args.dtype, compile=args.compile,
+                                         seed=args.seed, out_dir=str(out), ckpt_interval=args.ckpt_interval,
+                                         chars_per_token=chars_per_token, progress=not args.quiet)
+        seed_everything(args.seed)
+        model = TinyLLM(ModelConfig.from_preset(preset, tokenizer.vocab_size))
+        meta, state = {"data": str(args.data), "preset": preset}, None
+        amp = choose_precision(device, config.dtype)
+        budget = [f"{config.max_steps} steps" if config.max_steps < 10**9 else "",
+                  f"{config.max_time:.0f} s" if config.max_time else ""]
+        print(f"tinyllm | {model.num_params() / 1e6:.2f}M parameters ({preset} preset) | device {device} | "
+              f"{str(amp or torch.float32).replace('torch.', '')} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
+              f"{len(train_ids):,} train + {len(val_ids):,} val tokens | budget {' or '.join(b for b in budget if b)} | out {out}")
+    config.out_dir = str(out)
+    try:
+        history = train(model, train_ids, val_ids, config, tokenizer=tokenizer, state=state, meta=meta)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: last.pt saved in {out}. Resume with: python tinyllm.py train --resume --out {out}",
+              file=sys.stderr)
+        return 130
+    final = history[-1] if history else None
+    best = load_checkpoint(out / "best.pt", device)
+    if final:
+        print(f"done: step {final['step']}, val loss {final['val_loss']:.4f} ({final['val_bpc']:.3f} bits/char), "
+              f"best {best['best_val']:.4f}, {final['seconds']:.0f} s")
+    print("--- sample (best.pt, temperature 0.8) ---")
+    prompt = "\n"
+    print(prompt + complete(best["model"], tokenizer, prompt, args.sample_tokens, temperature=0.8, seed=args.seed))
+    print("---")
+    print(f"saved {out}/best.pt and {out}/last.pt. More text: python tinyllm.py sample --ckpt {out}")
+    if config.max_time and device.type == "cpu":
+        print("train longer for better text: python tinyllm.py train --max-time 600 (or on a GPU: --device cuda)")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    check_sampling_args(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(args.ckpt, device)
+    if ckpt["tokenizer"] is None:
+        raise ValueError(f"{args.ckpt} holds no tokenizer, so text cannot be encoded: use a checkpoint from tinyllm.py train")
+    ckpt["tokenizer"].encode(args.prompt)  # an unknown character fails here, before any output
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    show(args.prompt)
+    complete(ckpt["model"], ckpt["tokenizer"], args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+             args.top_p, args.seed, args.stop, not args.no_cache, on_text=show)
+    show("\n")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every failure is one line; TINYLLM_DEBUG=1 shows the traceback
+        if os.environ.get("TINYLLM_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
