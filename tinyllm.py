@@ -1316,9 +1316,9 @@ def find_run_to_resume(out: Optional[str]) -> Path:
     return Path(out)
 
 
-def prepare_data(source: str, tokenizer: Tokenizer, data_dir: Optional[str]) -> tuple[list[int], list[int], float]:
-    """Encode a corpus and split it; also returns the validation split's characters per token."""
-    train_text, val_text = split_train_val(load_text(source, data_dir))
+def prepare_data(text: str, tokenizer: Tokenizer) -> tuple[list[int], list[int], float]:
+    """Split a corpus and encode both parts; also returns the validation split's characters per token."""
+    train_text, val_text = split_train_val(text)
     val_ids = tokenizer.encode(val_text)
     return tokenizer.encode(train_text), val_ids, len(val_text) / max(len(val_ids), 1)
 
@@ -1335,7 +1335,7 @@ def cmd_train(args) -> int:
                   f"e.g. python tinyllm.py train --max-time 600")
             return 0
         config.device, config.progress = args.device, not args.quiet
-        train_ids, val_ids, _ = prepare_data(meta["data"], tokenizer, args.data_dir)
+        train_ids, val_ids, _ = prepare_data(load_text(meta["data"], args.data_dir), tokenizer)
         print(f"resuming {out} at step {state['step']}")
     else:
         if args.tokenizer not in ("char", "bpe"):
@@ -1351,7 +1351,7 @@ def cmd_train(args) -> int:
         else:
             print(f"training a BPE tokenizer with {args.vocab_size} tokens ...")
             tokenizer = BPETokenizer.train(split_train_val(text)[0], args.vocab_size)
-        train_ids, val_ids, chars_per_token = prepare_data(args.data, tokenizer, args.data_dir)
+        train_ids, val_ids, chars_per_token = prepare_data(text, tokenizer)
         overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
                                              max_steps=args.max_steps, max_time=args.max_time).items() if v is not None}
         if args.max_steps is not None and args.max_time is None:
