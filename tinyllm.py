@@ -135,7 +135,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def download_dataset(name: str, data_dir: Path) -> Path:
-    """Fetch a built-in dataset once, check its SHA-256, and cache it in `data_dir`."""
+    """Fetch a built-in dataset once, check its SHA-256, and cache it in `data_dir`.
+
+    A cached copy is used only if its hash matches: a file cut short by a crash, or edited by hand,
+    is fetched again rather than trusted. Nothing is written unless the download's hash matches too.
+    """
+    import http.client  # its errors (e.g. a connection dropped mid-download) are not OSErrors
+
     ds = DATASETS[name]
     path = Path(data_dir) / ds.filename
     if path.is_file() and sha256_of(path.read_bytes()) == ds.sha256:
@@ -143,21 +149,27 @@ def download_dataset(name: str, data_dir: Path) -> Path:
     try:
         with urllib.request.urlopen(ds.url, timeout=60) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError) as e:
+    except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
         raise ConnectionError(
-            f"could not download {name!r} from {ds.url} ({e}); download it by hand and save it as {path}"
+            f"could not download {name!r} from {ds.url} ({e}). Connect to the internet and try again, or "
+            f"download that file by hand and save it as {path} (or set TINYLLM_DATA_DIR to a folder "
+            f"holding {ds.filename})"
         ) from None
     if sha256_of(data) != ds.sha256:
-        raise ValueError(f"download of {ds.url} has the wrong SHA-256 (expected {ds.sha256}); try again later")
+        raise ValueError(
+            f"the download from {ds.url} has SHA-256 {sha256_of(data)}, not the expected {ds.sha256}: it is "
+            f"damaged or has changed. Try again later, or save a good copy by hand as {path}"
+        )
     atomic_write_bytes(path, data)
     return path
 
 
-def load_text(source: str, data_dir: Optional[str | Path] = None) -> str:
+def load_text(source: str | Path, data_dir: Optional[str | Path] = None) -> str:
     """Return the text of a built-in dataset (e.g. "shakespeare") or of any UTF-8 text file.
 
     Built-in datasets are downloaded once and cached in `data_dir`, which defaults to the
-    environment variable TINYLLM_DATA_DIR or else the repository's `data/` folder.
+    environment variable TINYLLM_DATA_DIR or else the repository's `data/` folder. Every way this
+    can fail (no such file, a folder, empty, not UTF-8, offline) ends in one error saying what to do.
     """
     source = str(source)
     if source in DATASETS:
@@ -171,9 +183,13 @@ def load_text(source: str, data_dir: Optional[str | Path] = None) -> str:
         if path.is_dir():
             raise ValueError(f"{source} is a directory: give the path of a UTF-8 text file inside it")
     try:
-        text = path.read_bytes().decode("utf-8")
+        # "utf-8-sig" is UTF-8 that also drops the byte-order mark some Windows editors put first.
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}): convert it, e.g. iconv -t UTF-8") from None
+        raise ValueError(
+            f"{path} is not UTF-8 text (bad byte at offset {e.start}): re-save it as UTF-8 in your editor, "
+            f"or convert it, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}-utf8.txt"
+        ) from None
     if not text:
         raise ValueError(f"{path} is empty: give a file with some text in it")
     return text
@@ -219,10 +235,23 @@ class Tokenizer:
         atomic_write_bytes(Path(path), json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
-        ids = [int(i) for i in ids]
+        """The ids as a list of Python ints, after checking each one names a token of this vocabulary.
+
+        Without the check, a negative id would quietly index from the end of a Python list.
+        """
+        import operator  # operator.index accepts ints, NumPy ints and integer tensors, but not 2.5 or "7"
+
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids  # a tensor or array, as a list
+        try:
+            ids = [operator.index(i) for i in ids]
+        except TypeError:
+            raise TypeError("token ids must be integers (a list of ints, or an integer tensor)") from None
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"token id(s) {bad[:5]} outside the vocabulary 0..{self.vocab_size - 1}")
+            raise ValueError(
+                f"token id(s) {bad[:5]} outside this tokenizer's vocabulary 0..{self.vocab_size - 1}: "
+                "were they made with another tokenizer, or by a model with a larger vocabulary?"
+            )
         return ids
 
 
@@ -237,6 +266,9 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
+        """The vocabulary is every distinct character of `text`, sorted, so the ids never depend on order."""
+        if not text:
+            raise ValueError("cannot build a character tokenizer from empty text: give it the training text")
         return cls("".join(sorted(set(text))))
 
     @property
@@ -248,9 +280,10 @@ class CharTokenizer(Tokenizer):
             return [self.stoi[c] for c in text]
         except KeyError:
             unseen = sorted(set(text) - set(self.stoi))
+            more = f" and {len(unseen) - 20} more" if len(unseen) > 20 else ""
             raise ValueError(
-                f"character(s) {''.join(unseen)!r} not in this tokenizer's vocabulary: "
-                "use only characters of the training text (or a BPE tokenizer)"
+                f"character(s) {''.join(unseen[:20])!r}{more} not in this tokenizer's vocabulary: "
+                "use only characters of the training text (or a BPE tokenizer, which encodes any text)"
             ) from None
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -262,7 +295,9 @@ class CharTokenizer(Tokenizer):
 
 # GPT-2 style pre-split: contractions, words with their leading space, numbers, punctuation runs and
 # whitespace. Merges never cross these chunk boundaries, so "dog." and "dog!" share the token " dog".
-SPLIT_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+"
+# Every character lands in exactly one chunk (the underscore, a "word" character to Python's \w, is
+# counted as punctuation), so joining the chunks gives back the text and decode(encode(s)) == s.
+SPLIT_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
 
 
 def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
@@ -317,29 +352,40 @@ class BPETokenizer(Tokenizer):
               pattern: str = SPLIT_PATTERN) -> "BPETokenizer":
         """Learn `vocab_size - 256 - len(special_tokens)` merges from `text`.
 
-        The textbook loop recounts every pair in the whole text after each merge. Here the text is
-        first cut into chunks and identical chunks are counted once (Shakespeare's million characters
-        hold only ~25k distinct words); after a merge only the chunks that contain the merged pair are
-        recounted, and a heap hands out the most frequent pair. Ties go to the smallest pair, so
-        training is deterministic.
+        The textbook loop recounts every pair in the whole text after each merge: O(merges x text).
+        Three ideas make this one fast while learning exactly the same merges:
+          1. Identical chunks are counted once, with their frequency: Shakespeare's 300k chunks are
+             only 15k distinct words.
+          2. `where` remembers which words hold each pair, so a merge visits only those words, and
+             the pair counts are corrected by the difference the merge made there.
+          3. A heap hands out the most frequent pair without scanning all the counts.
+        Ties go to the smallest pair (by ids), so training is deterministic.
         """
         import heapq
 
+        special_tokens = list(special_tokens)
+        if len(set(special_tokens)) != len(special_tokens) or not all(isinstance(s, str) and s for s in special_tokens):
+            raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 0:
-            raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (256 bytes + special tokens), got {vocab_size}")
+            raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (256 byte tokens + "
+                             f"{len(special_tokens)} special tokens), got {vocab_size}: use a larger vocab size")
+        # Special tokens are cut out of the text first, so no merge ever learns a piece of one.
+        longest_first = sorted(special_tokens, key=len, reverse=True)
+        parts = re.split("|".join(map(re.escape, longest_first)), text) if special_tokens else [text]
         chunk_counts: dict[str, int] = {}
-        for chunk in re.findall(pattern, text):
-            chunk_counts[chunk] = chunk_counts.get(chunk, 0) + 1
-        words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
-        freqs = list(chunk_counts.values())
-        counts: dict[tuple[int, int], int] = {}
-        where: dict[tuple[int, int], set[int]] = {}  # pair -> indices of the words it occurs in
+        for part in parts:
+            for chunk in re.findall(pattern, part):
+                chunk_counts[chunk] = chunk_counts.get(chunk, 0) + 1
+        words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]  # each distinct chunk, as ids
+        freqs = list(chunk_counts.values())  # how often each one occurs in the text
+        counts: dict[tuple[int, int], int] = {}  # pair -> its number of occurrences in the text
+        where: dict[tuple[int, int], set[int]] = {}  # pair -> the words it occurs in (and maybe a few more)
         for w, (ids, freq) in enumerate(zip(words, freqs)):
             for pair in zip(ids, ids[1:]):
                 counts[pair] = counts.get(pair, 0) + freq
                 where.setdefault(pair, set()).add(w)
-        heap = [(-c, pair) for pair, c in counts.items()]
+        heap = [(-c, pair) for pair, c in counts.items()]  # heapq is a min-heap, so counts go in negated
         heapq.heapify(heap)
         merges: list[tuple[int, int]] = []
         while len(merges) < n_merges:
@@ -347,28 +393,32 @@ class BPETokenizer(Tokenizer):
                 heapq.heappop(heap)  # a stale entry: this pair's count has changed since it was pushed
             if not heap:
                 raise ValueError(
-                    f"the text supports only {256 + len(merges) + len(special_tokens)} tokens, fewer than "
-                    f"vocab_size={vocab_size}: use a smaller vocab size or more text"
+                    f"the text supports only {256 + len(merges) + len(special_tokens)} tokens (no pair is left "
+                    f"to merge), fewer than vocab_size={vocab_size}: use a smaller vocab size or more text"
                 )
             _, pair = heapq.heappop(heap)
             new_id = 256 + len(merges)
             merges.append(pair)
-            changed = set()
+            delta: dict[tuple[int, int], int] = {}  # how this merge changes each pair's count
             for w in where.pop(pair):
                 ids, freq = words[w], freqs[w]
-                for old in zip(ids, ids[1:]):  # forget this word's pairs ...
-                    counts[old] -= freq
-                    changed.add(old)
-                ids = words[w] = merge_pair(ids, pair, new_id)
-                for new in zip(ids, ids[1:]):  # ... and count them again after the merge
-                    counts[new] = counts.get(new, 0) + freq
-                    where.setdefault(new, set()).add(w)
-                    changed.add(new)
-            for p in changed:
-                if counts.get(p, 0) > 0:
-                    heapq.heappush(heap, (-counts[p], p))
-                else:
-                    counts.pop(p, None)
+                merged = merge_pair(ids, pair, new_id)
+                if len(merged) == len(ids):
+                    continue  # an earlier merge already took this pair apart in this word
+                for p in zip(ids, ids[1:]):  # the word's pairs before the merge go out ...
+                    delta[p] = delta.get(p, 0) - freq
+                for p in zip(merged, merged[1:]):  # ... and its pairs after the merge come in
+                    delta[p] = delta.get(p, 0) + freq
+                    if new_id in p:  # every other pair was already in this word, and in `where`
+                        where.setdefault(p, set()).add(w)
+                words[w] = merged
+            for p, d in delta.items():
+                if d:
+                    counts[p] = counts.get(p, 0) + d
+                    if counts[p] > 0:
+                        heapq.heappush(heap, (-counts[p], p))
+                    else:
+                        del counts[p]
         n = 256 + len(merges)
         return cls(merges, {s: n + i for i, s in enumerate(special_tokens)}, pattern)
 
@@ -391,6 +441,7 @@ class BPETokenizer(Tokenizer):
         return ids
 
     def encode(self, text: str) -> list[int]:
+        """Token ids for `text`: special tokens whole, everything else chunk by chunk through the merges."""
         parts = self.special_regex.split(text) if self.special_regex else [text]
         ids: list[int] = []
         for part in parts:
@@ -413,29 +464,43 @@ class BPETokenizer(Tokenizer):
 
 
 def tokenizer_from_dict(data: dict) -> Tokenizer:
-    """Rebuild a tokenizer from its saved form, checking it as untrusted data."""
+    """Rebuild a tokenizer from its saved form, checking it as untrusted data.
+
+    A tokenizer file may come from anyone, so it is read as plain JSON (never executed) and every
+    field is checked: a bad id caught here would otherwise surface much later as a wrong token or an
+    IndexError deep inside encode or the model.
+    """
     if not isinstance(data, dict) or data.get("type") not in ("char", "bpe"):
         raise ValueError("not a tinyllm tokenizer (expected a 'type' of 'char' or 'bpe')")
     if data.get("version", TOKENIZER_VERSION) != TOKENIZER_VERSION:
-        raise ValueError(f"tokenizer format version {data.get('version')}; this tinyllm reads version {TOKENIZER_VERSION}")
+        raise ValueError(f"tokenizer format version {data.get('version')!r}; this tinyllm reads version "
+                         f"{TOKENIZER_VERSION}: use the tinyllm release that wrote it, or train a new tokenizer")
     if data["type"] == "char":
         chars = data.get("chars")
-        if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
-            raise ValueError("malformed char tokenizer: 'chars' must be a string of distinct characters")
+        if not isinstance(chars, str) or not chars or list(chars) != sorted(set(chars)):
+            raise ValueError("malformed char tokenizer: 'chars' must be a non-empty string of distinct, sorted characters")
         return CharTokenizer(chars)
     merges, specials, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern", SPLIT_PATTERN)
     if not isinstance(merges, list) or not isinstance(specials, dict) or not isinstance(pattern, str):
-        raise ValueError("malformed BPE tokenizer: 'merges' must be a list and 'special_tokens' a dict")
+        raise ValueError("malformed BPE tokenizer: 'merges' must be a list, 'special_tokens' a dict and 'pattern' a string")
+    seen: set[tuple[int, int]] = set()
     for i, m in enumerate(merges):
+        # Merge i makes id 256 + i, so it can only join ids that already exist: bytes or earlier merges.
         ok = isinstance(m, list) and len(m) == 2 and all(type(x) is int and 0 <= x < 256 + i for x in m)
         if not ok:
             raise ValueError(f"malformed BPE tokenizer: merge {i} is {m!r}, expected two ids below {256 + i}")
+        if tuple(m) in seen:
+            raise ValueError(f"malformed BPE tokenizer: merge {i} {m!r} repeats an earlier merge")
+        seen.add(tuple(m))
     n = 256 + len(merges)
-    if sorted(specials.values()) != list(range(n, n + len(specials))) or not all(isinstance(s, str) and s for s in specials):
-        raise ValueError(f"malformed BPE tokenizer: special tokens must have the ids {n}..{n + len(specials) - 1}")
+    ids = list(specials.values())
+    if (not all(type(i) is int for i in ids) or sorted(ids) != list(range(n, n + len(ids)))
+            or not all(s for s in specials)):
+        raise ValueError(f"malformed BPE tokenizer: special tokens must be non-empty strings with the ids "
+                         f"{n}..{n + len(specials) - 1}, one each")
     try:
         re.compile(pattern)
-    except re.error as e:
+    except (re.error, OverflowError, RecursionError) as e:  # e.g. "a{99999999999}", or deeply nested groups
         raise ValueError(f"malformed BPE tokenizer: bad split pattern ({e})") from None
     return BPETokenizer([tuple(m) for m in merges], specials, pattern)
 
@@ -444,13 +509,15 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer saved with `.save(path)`, whichever kind it is."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {path}")
+        raise FileNotFoundError(f"no tokenizer file at {path}: give the path of a JSON file written by Tokenizer.save")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurdly nested JSON
         raise ValueError(f"{path} is not a tokenizer file (not valid JSON: {e})") from None
     if not isinstance(data, dict) or data.get("format") != TOKENIZER_FORMAT:
-        raise ValueError(f"{path} is not a tinyllm tokenizer file")
+        raise ValueError(f"{path} is not a tinyllm tokenizer file (no \"format\": \"{TOKENIZER_FORMAT}\" in it)")
+    if "version" not in data:
+        raise ValueError(f"{path} has no format version: it was not written by Tokenizer.save")
     return tokenizer_from_dict(data)
 
 
@@ -768,6 +835,20 @@ class TrainConfig:
     chars_per_token: float = 1.0  # to report bits per character for any tokenizer
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse settings that would fail later with a puzzling message (a modulo by zero, a NaN loss)."""
+        at_least = {"batch_size": 1, "grad_accum": 1, "max_steps": 1, "eval_interval": 1, "eval_windows": 1,
+                    "log_interval": 1, "warmup_steps": 0, "ckpt_interval": 0}
+        for name, low in at_least.items():
+            if not getattr(self, name) >= low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"the learning rate must be a positive number, got {self.lr}")
+        if not self.min_lr >= 0:
+            raise ValueError(f"min_lr must be at least 0, got {self.min_lr}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(f"max_time must be a positive number of seconds, got {self.max_time}")
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TrainConfig":
         return cls(**{**check_preset(name)["train"], **overrides})
@@ -896,7 +977,10 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["rng"]["data"][rank].cpu())
+        if len(state["rng"]["data"]) == world:
+            generator.set_state(state["rng"]["data"][rank].cpu())
+        else:  # resumed on another number of processes: new batch streams, not a replay of the first ones
+            generator.manual_seed(config.seed + 1000 * state["step"] + rank)
         torch.set_rng_state(state["rng"]["torch"].cpu())
         step, history, best_val, elapsed = state["step"], list(state["history"]), state["best_val"], state["elapsed"]
     out_dir = Path(config.out_dir) if config.out_dir and main else None
@@ -907,7 +991,7 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # compile the DDP-wrapped model, the order PyTorch recommends
 
     def from_rank0(value: float) -> float:
         """Rank 0's value on every rank (its clock and its validation loss decide for all)."""
@@ -918,6 +1002,11 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
         return t.item()
 
     def save(name: str, done: bool) -> None:
+        # The loss is checked before each update, so an update that broke the weights shows only at
+        # the next step: check them here, or "the last good checkpoint" could hold NaNs.
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingDiverged(f"the weights became NaN or infinite at step {step} (learning rate {lr:.2e}): "
+                                   "lower --lr, or train in fp32; the last good checkpoint is kept")
         rng_data = [generator.get_state()]
         if distributed:  # every rank's data RNG, so that each resumes its own stream of batches
             rng_data = [None] * world
@@ -925,7 +1014,8 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
         if out_dir is not None:
             save_checkpoint(out_dir / name, model, tokenizer, optimizer=optimizer, scaler=scaler, step=step,
                             history=history, train_config=config, best_val=best_val, elapsed=elapsed, done=done,
-                            rng={"data": rng_data, "torch": torch.get_rng_state()}, meta=meta)
+                            rng={"data": rng_data, "torch": torch.get_rng_state()}, meta=meta,
+                            recent_losses=list(losses))  # the next history row averages these too
 
     def is_finished() -> bool:
         return bool(from_rank0(float(step >= config.max_steps or (timed and elapsed >= config.max_time))))
@@ -946,8 +1036,8 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                unit="s" if timed else "step", disable=not (config.progress and main), desc="training",
                dynamic_ncols=True, leave=False)
     t0 = time.perf_counter() - elapsed
-    losses: list[float] = []
-    last = is_finished()
+    losses: list[float] = list(state.get("recent_losses") or []) if state is not None else []
+    last, stopping = is_finished(), False  # stopping: rank 0 saw Ctrl-C, so every rank stops
     try:
         while not last:
             lr = lr_at(step, max(step / config.max_steps, elapsed / config.max_time if timed else 0.0), config)
@@ -962,6 +1052,9 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                         _, loss = net(x, y)
                     scaler.scale(loss / config.grad_accum).backward()  # gradients of the mean over micro-batches
                 loss_sum += loss.detach()
+            if distributed:  # the mean over all ranks, so that every rank logs it and stops on a NaN alike
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= world
             loss_value = loss_sum.item() / config.grad_accum
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"the loss became {loss_value} at step {step + 1} (learning rate {lr:.2e}): "
@@ -976,8 +1069,9 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
             losses.append(loss_value)
             bar.update(int(elapsed) - bar.n if timed else 1)
             bar.set_postfix(step=step, loss=f"{loss_value:.3f}")
-            last = is_finished() or bool(from_rank0(float(bool(interrupted))))
-            evaluating = step % config.eval_interval == 0 or (last and not interrupted)
+            stopping = bool(from_rank0(float(bool(interrupted))))
+            last = is_finished() or stopping
+            evaluating = step % config.eval_interval == 0 or (last and not stopping)
             if evaluating:
                 val_loss = evaluate(model, val_data, cfg.block_size, 64, None if last else config.eval_windows,
                                     amp_dtype) if main else 0.0
@@ -993,17 +1087,18 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                                f"({row['val_bpc']:.3f} bits/char) | lr {lr:.2e} | {elapsed:6.1f}s")
                 if val_loss < best_val:
                     best_val = val_loss
-                    save("best.pt", done=last and not interrupted)
+                    save("best.pt", done=last and not stopping)
             elif main and config.progress and step % config.log_interval == 0:
                 tqdm.write(f"step {step:>6} | train {loss_value:.4f} | lr {lr:.2e} | {elapsed:6.1f}s")
             if last or evaluating or (config.ckpt_interval and step % config.ckpt_interval == 0):
-                save("last.pt", done=last and not interrupted)
-            elapsed = time.perf_counter() - t0  # evaluating and saving count against max_time too
+                save("last.pt", done=last and not stopping)
+            # Evaluating and saving count against max_time too; rank 0's clock sets every rank's LR.
+            elapsed = from_rank0(time.perf_counter() - t0)
     finally:
         bar.close()
         if use_signal:
             signal.signal(signal.SIGINT, old_handler)
-    if interrupted:
+    if stopping:
         raise KeyboardInterrupt(f"stopped at step {step}; last.pt saved")
     return history
 
@@ -1248,7 +1343,7 @@ class CLIParser(__import__("argparse").ArgumentParser):
     """argparse, but a usage mistake is one line that points at --help."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see: python tinyllm.py {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"error: {message} (see: python {self.prog} --help)\n")  # prog: "tinyllm.py train"
 
 
 def build_parser() -> CLIParser:
@@ -1292,6 +1387,14 @@ def build_parser() -> CLIParser:
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers",
+                       description="Write a checkpoint as a folder that Hugging Face transformers loads as "
+                                   "LlamaForCausalLM (config.json, model.safetensors, tokenizer.json). "
+                                   "Needs: pip install transformers safetensors")
+    e.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
+    e.add_argument("--hf", required=True, metavar="DIR", help="the folder to write (created if needed)")
+    e.set_defaults(func=cmd_export)
     return parser
 
 
@@ -1323,10 +1426,47 @@ def prepare_data(text: str, tokenizer: Tokenizer) -> tuple[list[int], list[int],
     return tokenizer.encode(train_text), val_ids, len(val_text) / max(len(val_ids), 1)
 
 
+def start_distributed(device_name: str) -> torch.device:
+    """Under torchrun, join the other processes and return this one's device; otherwise just pick_device.
+
+    torchrun starts one process per GPU (or several on a CPU) and gives each its RANK (0 .. WORLD_SIZE - 1
+    over all machines) and LOCAL_RANK (its number on this machine). Process LOCAL_RANK uses GPU
+    cuda:LOCAL_RANK and the processes talk over NCCL; on CPUs they talk over gloo.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return pick_device(device_name)
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name.startswith("cuda:"):
+        raise ValueError("under torchrun each process uses the GPU cuda:LOCAL_RANK: use --device cuda (or auto)")
+    if device_name == "mps":
+        raise ValueError("distributed training runs on CUDA GPUs or CPUs, not MPS: use --device cpu")
+    device = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if device_name == "cuda" else device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives work on "the current GPU": make it ours
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def same_on_all_ranks(value):
+    """Rank 0's `value` (any picklable object) on every process, e.g. the run directory named by its clock."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
+
+
 def cmd_train(args) -> int:
-    device = pick_device(args.device)
+    if args.sample_tokens < 0:  # checked now, not after the whole run
+        raise ValueError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
+    device = start_distributed(args.device)
+    if not is_main_process():
+        sys.stdout = open(os.devnull, "w")  # under torchrun only rank 0 prints; errors still reach stderr
     if args.resume:
-        out = find_run_to_resume(args.out)
+        out = Path(same_on_all_ranks(str(find_run_to_resume(args.out))))
+        if is_main_process():
+            remove_stale_temp_files(out)  # a crash mid-save leaves one; gone even if there is nothing to resume
         state = load_checkpoint(out / "last.pt")
         model, tokenizer, config, meta = state["model"], state["tokenizer"], state["train_config"], state["meta"]
         if state.get("done"):
@@ -1342,7 +1482,7 @@ def cmd_train(args) -> int:
             raise ValueError(f"unknown tokenizer {args.tokenizer!r}: use char or bpe")
         preset = args.preset or ("9m" if device.type == "cuda" else "cpu")
         check_preset(preset)
-        out = Path(args.out) if args.out else new_run_dir()
+        out = Path(same_on_all_ranks(args.out or str(new_run_dir())))
         if (out / "last.pt").exists() or (out / "best.pt").exists():
             raise FileExistsError(f"{out} already holds a run: continue it with --resume, or choose another --out")
         text = load_text(args.data, args.data_dir)
@@ -1358,6 +1498,8 @@ def cmd_train(args) -> int:
             overrides["max_time"] = None  # a step budget alone: no clock
         if args.max_time is not None and args.max_steps is None:
             overrides["max_steps"] = 10**9  # a time budget alone: no step limit
+        if args.lr is not None:
+            overrides["min_lr"] = args.lr / 10  # the cosine ends at a tenth of the peak, as in every preset
         config = TrainConfig.from_preset(preset, **overrides, device=args.device, dtype=args.dtype, compile=args.compile,
                                          seed=args.seed, out_dir=str(out), ckpt_interval=args.ckpt_interval,
                                          chars_per_token=chars_per_token, progress=not args.quiet)
@@ -1370,13 +1512,20 @@ def cmd_train(args) -> int:
         print(f"tinyllm | {model.num_params() / 1e6:.2f}M parameters ({preset} preset) | device {device} | "
               f"{str(amp or torch.float32).replace('torch.', '')} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
               f"{len(train_ids):,} train + {len(val_ids):,} val tokens | budget {' or '.join(b for b in budget if b)} | out {out}")
-    config.out_dir = str(out)
+    config.out_dir, config.device = str(out), str(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        print(f"DDP: {world} processes ({torch.distributed.get_backend()}), each {config.batch_size} sequences x "
+              f"{config.grad_accum} micro-batches per step: {config.batch_size * config.grad_accum * world} in all")
     try:
         history = train(model, train_ids, val_ids, config, tokenizer=tokenizer, state=state, meta=meta)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: last.pt saved in {out}. Resume with: python tinyllm.py train --resume --out {out}",
-              file=sys.stderr)
+        if is_main_process():
+            print(f"\ninterrupted: last.pt saved in {out}. Resume with: python tinyllm.py train --resume --out {out}",
+                  file=sys.stderr)
         return 130
+    if not is_main_process():
+        return 0  # rank 0 reports and samples
     final = history[-1] if history else None
     best = load_checkpoint(out / "best.pt", device)
     if final:
@@ -1424,6 +1573,156 @@ def main(argv: Optional[list[str]] = None) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # a torchrun process leaves its group, also after an error
+
+
+# ----------------------------------------------------------------------------------------------
+# 15. Export to Hugging Face (module only)
+# ----------------------------------------------------------------------------------------------
+# TinyLLM is a Llama in miniature, so Hugging Face transformers can load it as LlamaForCausalLM: the
+# same pre-norm blocks, RMSNorm, SwiGLU and RoPE in the same "rotate half" layout (channel i turns
+# with channel i + head_dim/2, so no weights need permuting), no biases, and a head tied to the
+# embedding. Only the names differ, and our fused qkv and gate_up matrices are cut into q, k, v and
+# gate, up. transformers, safetensors and tokenizers are needed only here, and imported only here.
+
+def hf_state_dict(model: TinyLLM) -> dict[str, torch.Tensor]:
+    """Our weights under LlamaForCausalLM's names (lm_head is left out: it is tied to embed_tokens)."""
+    weights = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
+    for i, block in enumerate(model.blocks):
+        q, k, v = block.attn.qkv.weight.chunk(3, dim=0)  # forward() splits qkv's output as [q, k, v]
+        gate, up = block.mlp.gate_up.weight.chunk(2, dim=0)  # ... and gate_up's as [gate, up]
+        layer = {"input_layernorm": block.norm1.weight, "self_attn.q_proj": q, "self_attn.k_proj": k,
+                 "self_attn.v_proj": v, "self_attn.o_proj": block.attn.proj.weight,
+                 "post_attention_layernorm": block.norm2.weight, "mlp.gate_proj": gate, "mlp.up_proj": up,
+                 "mlp.down_proj": block.mlp.down.weight}
+        weights.update({f"model.layers.{i}.{name}.weight": w for name, w in layer.items()})
+    return {name: w.detach().to("cpu", torch.float32).clone() for name, w in weights.items()}
+
+
+def hf_split_pattern(pattern: str) -> str:
+    """Our split pattern for the `tokenizers` library, whose regex engine (Oniguruma) is not Python's.
+
+    Python's \\w, \\d and \\s (and \\W, \\D, \\S) match other characters than Oniguruma's (combining
+    marks, for one), so each is written out as the exact list of code-point ranges Python matches.
+    """
+    everything = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x110000)))  # no surrogates
+
+    def ranges(escape: str) -> str:
+        runs = ((ord(m.group()[0]), ord(m.group()[-1])) for m in re.finditer(escape + "+", everything))
+        return "".join(f"\\x{{{a:X}}}" + (f"-\\x{{{b:X}}}" if b > a else "") for a, b in runs)
+
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            escape = pattern[i:i + 2]
+            if escape[1:] in ("d", "s", "w", "D", "S", "W"):
+                escape = ranges(escape) if in_class else f"[{ranges(escape)}]"
+            out.append(escape)
+            i += 2
+        elif c == "[" and not in_class:
+            in_class = True
+            out.append("[^" if pattern[i + 1:i + 2] == "^" else "[")
+            i += len(out[-1])
+        elif c == "]" and in_class and out[-1] not in ("[", "[^"):  # "[]" and "[^]" begin with a literal ]
+            in_class = False
+            out.append(c)
+            i += 1
+        else:
+            out.append("\\" + c if in_class and c in "[]&" else c)  # nested sets and && mean more to Oniguruma
+            i += 1
+    return "".join(out)
+
+
+def hf_tokenizer(tokenizer: Tokenizer):
+    """Our tokenizer as a `tokenizers.Tokenizer` (tokenizer.json) that gives exactly our ids.
+
+    Byte-level BPE: GPT-2's format. Each byte is shown as a printable character (GPT-2's
+    byte-to-unicode table, which tokenizers' ByteLevel uses), merges are applied lowest rank first
+    within the chunks of our split pattern, and special tokens are cut out first, as ours are.
+    Char: a BPE without merges, whose vocabulary is our characters; characters outside it are
+    dropped silently (tinyllm raises an error instead).
+    """
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if isinstance(tokenizer, CharTokenizer):
+        hf = HFTokenizer(models.BPE(vocab=dict(tokenizer.stoi), merges=[]))
+        hf.decoder = decoders.Fuse()  # join the characters as they are (the default puts spaces between)
+        return hf
+    if not isinstance(tokenizer, BPETokenizer):
+        raise ValueError(f"cannot export a {type(tokenizer).__name__} to Hugging Face's format")
+    # GPT-2's byte-to-unicode table: printable bytes stand for themselves, the others for chr(256 + n).
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    byte_char = {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+    def show(token: bytes) -> str:
+        return "".join(byte_char[b] for b in token)
+
+    vocab = {show(token): i for i, token in enumerate(tokenizer.vocab)}
+    if len(vocab) != len(tokenizer.vocab):
+        raise ValueError("two of this tokenizer's tokens have the same bytes, which tokenizer.json cannot express")
+    vocab.update(tokenizer.special_tokens)
+    merges = [(show(tokenizer.vocab[a]), show(tokenizer.vocab[b])) for a, b in tokenizer.merges]
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        # keep what the pattern matches and drop the rest, as re.findall does
+        pre_tokenizers.Split(Regex(hf_split_pattern(tokenizer.pattern)), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # bytes -> printable characters
+    ])
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in tokenizer.special_tokens])
+    return hf
+
+
+def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: Optional[Tokenizer] = None) -> Path:
+    """Write a model (or a checkpoint file or run directory) as a Hugging Face folder; returns its path.
+
+    The folder holds config.json and model.safetensors, which AutoModelForCausalLM.from_pretrained
+    loads as LlamaForCausalLM, and, given a tokenizer (a checkpoint brings its own), tokenizer.json
+    and tokenizer_config.json for AutoTokenizer, plus tinyllm_tokenizer.json for load_tokenizer.
+    """
+    try:
+        from safetensors.torch import save_file
+        import tokenizers  # noqa: F401  (hf_tokenizer needs it)
+    except ImportError:
+        raise ImportError("exporting to Hugging Face needs its libraries: pip install transformers safetensors") from None
+    if isinstance(checkpoint, TinyLLM):
+        model = checkpoint
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        model, tokenizer = ckpt["model"], tokenizer or ckpt["tokenizer"]
+    cfg, out = model.config, Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": cfg.d_model // cfg.n_head,
+        "hidden_act": "silu", "rms_norm_eps": model.norm.eps, "max_position_embeddings": cfg.block_size,
+        "rope_theta": cfg.rope_theta,  # transformers 4 reads this, transformers 5 the next line
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
+        "bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "torch_dtype": "float32",
+    }
+    atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode("utf-8"))
+    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(out / "tinyllm_tokenizer.json")
+        hf_tokenizer(tokenizer).save(str(out / "tokenizer.json"))
+        tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.block_size,
+                            "clean_up_tokenization_spaces": False}  # decode() must not touch spaces
+        atomic_write_bytes(out / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2).encode("utf-8"))
+    return out
+
+
+def cmd_export(args) -> int:
+    out = export_hf(args.ckpt, args.hf)
+    print(f"exported {args.ckpt} to {out}. In Python: from transformers import AutoModelForCausalLM, "
+          f"AutoTokenizer; model = AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
 
 
 if __name__ == "__main__":

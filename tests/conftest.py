@@ -1,0 +1,85 @@
+"""Shared test fixtures: a small corpus made on the spot, the real TinyShakespeare if present, and a CLI runner.
+
+Most tests train the "tiny" preset on `corpus_text` (a few KB of structured English), so they need
+neither the network nor the 1 MB TinyShakespeare file. Tests that want the real file use
+`shakespeare_path`, found through TINYLLM_DATA_DIR, and are skipped when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `import tinyllm` from any working directory
+
+
+def make_corpus(n_sentences: int = 200, seed: int = 0) -> str:
+    """Simple, regular English: a model learns its patterns in a few dozen steps."""
+    rng = random.Random(seed)
+    subjects = ["The king", "A fool", "My lord", "The queen", "Good sir", "The old man", "Her brother"]
+    verbs = ["speaks of", "dreams of", "fights for", "weeps for", "laughs at", "waits for"]
+    objects = ["the crown", "his love", "the night", "a horse", "the sea", "her honour", "the war"]
+    lines = []
+    for _ in range(n_sentences):
+        lines.append(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}.")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    """About 5 KB of structured English, the same on every run."""
+    return make_corpus()
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path, corpus_text: str) -> Path:
+    """`corpus_text` written to a UTF-8 file, for --data."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    """The real TinyShakespeare file from TINYLLM_DATA_DIR; skips the test if it is not there."""
+    path = Path(os.environ.get("TINYLLM_DATA_DIR") or REPO / "data") / "tinyshakespeare.txt"
+    if not path.is_file():
+        pytest.skip("TinyShakespeare not found: set TINYLLM_DATA_DIR to the folder holding tinyshakespeare.txt")
+    return path
+
+
+def cli_env() -> dict:
+    """The environment for CLI subprocesses: one thread each (the test machine's cores are shared)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("TINYLLM_DEBUG", None)  # errors must be one line, as users see them
+    return env
+
+
+def run_cli(*args: str, cwd: Path | str = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python tinyllm.py ARGS...` as a user would, and return its exit code, stdout and stderr."""
+    return subprocess.run([sys.executable, str(REPO / "tinyllm.py"), *map(str, args)], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    """The `run_cli` helper as a fixture: cli("train", "--data", path, ...)."""
+    return run_cli
+
+
+@pytest.fixture
+def single_thread():
+    """Run torch on one thread during a test: on shared cores, two threads fighting over them are slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
