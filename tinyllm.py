@@ -364,7 +364,7 @@ class BPETokenizer(Tokenizer):
         import heapq
 
         special_tokens = list(special_tokens)
-        if len(set(special_tokens)) != len(special_tokens) or not all(isinstance(s, str) and s for s in special_tokens):
+        if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
             raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 0:

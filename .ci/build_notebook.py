@@ -844,8 +844,8 @@ CHAPTER = [
 
     - every `eval_interval` steps, and at the end, it evaluates and records a row in `history`, and
       prints a line (with a tqdm progress bar in between);
-    - with `out_dir` set, it saves `last.pt` (to resume) and `best.pt` (the best validation loss so
-      far) — section 13;
+    - with `out_dir` set, it saves checkpoints there: `last.pt` (to resume) and `best.pt` (the best
+      validation loss so far), with the functions of section 13;
     - it stops at `max_steps` or after `max_time` seconds, whichever comes first;
     - a loss that turns into NaN stops the run with `TrainingDiverged` instead of silently wasting
       the rest of the budget; interrupting (the ■ button, or Ctrl-C) stops cleanly after the current
@@ -858,14 +858,13 @@ CHAPTER = [
 
     # --------------------------------------------------------------------------------------------
     section(10, r"""
-    Time to train. We start from a freshly seeded model, train it with the preset's settings, and save
-    checkpoints in `runs/notebook/`. On a T4 this takes up to nine minutes; the CPU run stops after
+    Time to train. We start from a freshly seeded model and train it with the preset's settings. On a T4 this takes up to nine minutes; the CPU run stops after
     100 seconds. The printed lines show the training loss, the validation loss (and in bits per
     character), the learning rate and the time.
     """),
     code(r"""
     overrides = dict(max_steps=60, max_time=None, eval_interval=20, log_interval=10) if FAST else {}
-    config = TrainConfig.from_preset(PRESET, **overrides, device=str(device), out_dir="runs/notebook")
+    config = TrainConfig.from_preset(PRESET, **overrides, device=str(device))
     budget = f"{config.max_time:.0f} seconds" if config.max_time else f"{config.max_steps} steps"
     print(f"training the {PRESET} preset ({model.num_params():,} parameters) on {device}: "
           f"batch {config.batch_size} x {model.config.block_size} tokens, peak lr {config.lr}, budget {budget}")
@@ -921,7 +920,8 @@ CHAPTER = [
     some to the last space or the last newline.
     """),
     code(r"""
-    snippet = next(p for p in val_text.split("\n\n") if 30 <= len(p) <= 48)
+    limit = min(48, model.config.block_size)  # a speech of the validation text that fits the context
+    snippet = next((p for p in val_text.split("\n\n") if 24 <= len(p) <= limit), val_text[:limit])
     labels = [plot_label(ch) for ch in snippet]
     for block in model.blocks:
         block.attn.by_hand = True
@@ -971,7 +971,9 @@ CHAPTER = [
       add up to $p$. Where the model is sure this is one or two tokens, where it is unsure many.
 
     `generate_tokens` runs the model and yields tokens as they come; `complete` works on text,
-    streams it, and can stop at a given string (such as a blank line).
+    streams it, and can stop at a given string (such as a blank line). Both use a **KV cache** by
+    default, a speed-up that section 12 builds; until then we pass `use_cache=False`, which computes
+    exactly the same thing the slow way.
     """),
     Defs("check_sampling_args", "sample_token", "generate_tokens", "complete"),
     code(r"""
@@ -989,7 +991,7 @@ CHAPTER = [
         ax.set_xticks(range(10), [plot_label(tokenizer.chars[i]) for i in top])
         ax.set_ylim(0, 1)
         ax.set_title(f"temperature {t}: next character after {prompt[-6:]!r}", fontsize=9)
-        sample = complete(model, tokenizer, "ROMEO:\n", 160, temperature=t, seed=1)
+        sample = complete(model, tokenizer, "ROMEO:\n", 160, temperature=t, seed=1, use_cache=False)
         ax = fig.add_subplot(2, 3, col + 4)
         ax.axis("off")
         ax.text(0, 1, "ROMEO:\n" + sample, va="top", family="monospace", fontsize=7.5, wrap=True)
@@ -1004,13 +1006,15 @@ CHAPTER = [
     code(r"""
     strategies = {"greedy": dict(temperature=0), "temperature 0.8": dict(temperature=0.8),
                   "top-k, k = 10": dict(temperature=1.0, top_k=10), "top-p, p = 0.9": dict(temperature=1.0, top_p=0.9)}
+    prompt = "KING HENRY VI:\n"
     for name, kwargs in strategies.items():
         print(f"--- {name} ---")
-        print("KING HENRY VI:\n" + complete(model, tokenizer, "KING HENRY VI:\n", 200, seed=7, **kwargs) + "\n")
+        print(prompt + complete(model, tokenizer, prompt, 200, seed=7, use_cache=False, **kwargs) + "\n")
 
-    a = complete(model, tokenizer, "KING HENRY VI:\n", 50, temperature=0)
-    assert a == complete(model, tokenizer, "KING HENRY VI:\n", 50, temperature=0)  # greedy is deterministic
-    assert complete(model, tokenizer, "\n", 50, seed=3) == complete(model, tokenizer, "\n", 50, seed=3)  # so is a seed
+    greedy = [complete(model, tokenizer, prompt, 40, temperature=0, use_cache=False) for _ in range(2)]
+    assert greedy[0] == greedy[1]  # greedy is deterministic
+    seeded = [complete(model, tokenizer, prompt, 40, seed=3, use_cache=False) for _ in range(2)]
+    assert seeded[0] == seeded[1]  # and so is sampling with a seed
     """),
     md(r"""
     **Streaming.** With `on_text`, `complete` hands out text as soon as it is ready, the way chat
@@ -1019,7 +1023,7 @@ CHAPTER = [
     """),
     code(r"""
     print("LADY CAPULET:", end="")
-    reply = complete(model, tokenizer, "LADY CAPULET:", 400, temperature=0.8, seed=5, stop="\n\n",
+    reply = complete(model, tokenizer, "LADY CAPULET:", 400, temperature=0.8, seed=5, stop="\n\n", use_cache=False,
                      on_text=lambda piece: print(piece, end="", flush=True))
     print(f"\n[{len(reply)} characters, stopped at the first blank line or after 400]")
     """),
@@ -1069,30 +1073,38 @@ CHAPTER = [
     section(13, r"""
     A checkpoint is everything needed to use the model again, or to resume training exactly where it
     stopped: the weights, the model's configuration, the tokenizer, and for resuming the optimizer's
-    running averages, the step, the history and the random number generators' states. `train` wrote
-    two of them: `last.pt` (the end of the run) and `best.pt` (the lowest validation loss).
+    running averages, the step, the history and the random number generators' states.
+    `save_checkpoint` takes the model and tokenizer plus any such extras by keyword.
 
     Loading a PyTorch file with `torch.load` can run arbitrary code hidden in it (it uses Python's
     pickle). So we store only tensors and plain Python data — configurations and tokenizers as
     dictionaries — and load with `weights_only=True`, which refuses anything else. The file is
-    written to a temporary name and renamed, so a crash mid-save never destroys the previous one.
+    written to a temporary name and then renamed, so a crash mid-save never destroys the previous one.
     """),
     Defs("CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint"),
     code(r"""
-    path = Path(config.out_dir) / "last.pt"
+    path = Path("runs/notebook/tinyllm.pt")
+    save_checkpoint(path, model, tokenizer, history=history, train_config=config, step=final["step"])
+    print(f"{path}: {path.stat().st_size / 1e6:.2f} MB")
+
     ckpt = load_checkpoint(path, device)
-    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
     print("keys:", sorted(ckpt))
-    print(f"step {ckpt['step']}, best validation loss {ckpt['best_val']:.4f}")
+    print("model_config:", ckpt["model_config"])
 
     restored = ckpt["model"].eval()
     x = val_ids[None, :model.config.block_size].to(device)
     with torch.no_grad():
         assert torch.equal(model.eval()(x)[0], restored(x)[0])  # the very same numbers
     model.train()
-    print("restored model == trained model: checked")
-    best = load_checkpoint(Path(config.out_dir) / "best.pt", device)
-    print("\nfrom best.pt:\nJULIET:\n" + complete(best["model"], best["tokenizer"], "JULIET:\n", 200, seed=11))
+    print("restored model == trained model: checked\n")
+    print("JULIET:\n" + complete(restored, ckpt["tokenizer"], "JULIET:\n", 200, seed=11))
+    """),
+    md(r"""
+    During training you rarely call these yourself: give `TrainConfig` an `out_dir` and `train`
+    keeps two checkpoints there, `last.pt` (written at every evaluation and at the end, with the
+    optimizer's state, so that `train(..., state=load_checkpoint(".../last.pt"))` resumes the run
+    exactly) and `best.pt` (the model with the lowest validation loss so far). The command line of
+    `tinyllm.py` works that way.
     """),
 
     # --------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `import tinyllm` from any working directory
+if os.environ.get("TINYLLM_DATA_DIR"):  # CI gives a relative path; tests that change directory still find it
+    os.environ["TINYLLM_DATA_DIR"] = str(Path(os.environ["TINYLLM_DATA_DIR"]).resolve())
 
 
 def make_corpus(n_sentences: int = 200, seed: int = 0) -> str:

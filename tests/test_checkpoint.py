@@ -272,7 +272,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, good_ckpt, how):
     if how == "torch.save":
         torch.save({"format": tinyllm.CHECKPOINT_FORMAT, "version": 1, "x": Evil(str(target))}, path)
     elif how == "pickle":
-        path.write_bytes(pickle.dumps(Evil(str(target))))
+        path.write_bytes(pickle.dumps(Evil(str(target)), protocol=2))
     else:
         raw = torch.load(good_ckpt, weights_only=True)
         raw["meta"] = {"note": Evil(str(target))}

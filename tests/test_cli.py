@@ -1,6 +1,8 @@
 """The command line end to end: train -> sample on a tiny run, --help, run directories, importing starts nothing."""
 
+import dataclasses
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,18 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 TINY = ["--preset", "tiny", "--quiet", "--sample-tokens", "40"]
 
 
-def test_train_then_sample_end_to_end(tmp_path, corpus_file, cli):
+def call_main(argv: list, capsys) -> tuple[int, str, str]:
+    """Run the CLI in this process (what `python tinyllm.py` calls); returns (exit code, stdout, stderr)."""
+    try:
+        code = tinyllm.main([str(a) for a in argv])
+    except SystemExit as e:  # --help and argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_then_sample_end_to_end(tmp_path, corpus_file, cli, capsys):
+    """A real `python tinyllm.py train`, then `sample`, as a user runs them."""
     out = tmp_path / "run"
     r = cli("train", "--data", corpus_file, "--max-steps", "60", "--out", out, *TINY)
     assert r.returncode == 0, r.stderr
@@ -38,26 +51,30 @@ def test_train_then_sample_end_to_end(tmp_path, corpus_file, cli):
     expected = tinyllm.complete(best["model"], best["tokenizer"], prompt, 50, temperature=0)
     assert greedy.stdout == prompt + expected + "\n"  # the prompt, then exactly the model's continuation
 
-    a, b = cli(*args, "--seed", "7"), cli(*args, "--seed", "7", "--no-cache", "--top-k", "1000")
-    assert a.returncode == b.returncode == 0
-    assert a.stdout == b.stdout and a.stdout.startswith(prompt) and len(a.stdout) == len(prompt) + 50 + 1
-    stopped = cli(*args, "--temperature", "0", "--stop", expected[5:7])
-    assert stopped.stdout == prompt + expected[:expected.index(expected[5:7])] + "\n"
+    # the other sampling options, in this process (quicker)
+    (ca, a, _), (cb, b, _) = call_main(args + ["--seed", "7"], capsys), call_main(
+        args + ["--seed", "7", "--no-cache", "--top-k", "1000"], capsys)
+    assert ca == cb == 0
+    assert a == b and a.startswith(prompt) and len(a) == len(prompt) + 50 + 1
+    code, stopped, _ = call_main(args + ["--temperature", "0", "--stop", expected[5:7]], capsys)
+    assert code == 0 and stopped == prompt + expected[:expected.index(expected[5:7])] + "\n"
+    code, nucleus, _ = call_main(args + ["--top-p", "0.9", "--seed", "1", "--temperature", "1.2"], capsys)
+    assert code == 0 and nucleus.startswith(prompt)
 
 
-def test_help_for_every_command(cli):
-    top = cli("--help")
-    assert top.returncode == 0 and "train" in top.stdout and "sample" in top.stdout
-    train = cli("train", "--help")
-    assert train.returncode == 0
+def test_help_for_every_command(capsys):
+    code, top, _ = call_main(["--help"], capsys)
+    assert code == 0 and "train" in top and "sample" in top
+    code, train, _ = call_main(["train", "--help"], capsys)
+    assert code == 0
     for option in ("--data", "--tokenizer", "--vocab-size", "--preset", "--max-steps", "--max-time", "--out",
                    "--resume", "--device", "--seed", "--ckpt-interval", "--dtype"):
-        assert option in train.stdout, option
-    sample = cli("sample", "--help")
-    assert sample.returncode == 0
+        assert option in train, option
+    code, sample, _ = call_main(["sample", "--help"], capsys)
+    assert code == 0
     for option in ("--ckpt", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed",
                    "--stop"):
-        assert option in sample.stdout, option
+        assert option in sample, option
 
 
 def test_import_starts_nothing(tmp_path):
@@ -75,7 +92,7 @@ def test_import_starts_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no runs/, no data/
 
 
-def test_each_run_gets_its_own_directory(tmp_path, corpus_file, monkeypatch):
+def test_each_run_gets_its_own_directory(tmp_path, corpus_file, monkeypatch, capsys):
     """Without --out, runs go to runs/<date-time>, a fresh one each time (run twice within a second)."""
     argv = ["train", "--data", str(corpus_file), "--max-steps", "2", *TINY]
     monkeypatch.chdir(tmp_path)
@@ -86,32 +103,47 @@ def test_each_run_gets_its_own_directory(tmp_path, corpus_file, monkeypatch):
     for run in runs:
         assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
         assert tinyllm.load_checkpoint(run / "last.pt")["step"] == 2
+    assert tinyllm.main(["train", "--resume"]) == 0  # without --out, --resume takes the newest run
+    assert f"the run in {Path('runs') / runs[-1].name} already finished" in capsys.readouterr().out
 
 
-def test_usage_errors_are_one_line(cli):
-    for args in ([], ["fly"], ["train", "--max-steps", "many"], ["sample"]):
-        r = cli(*args)
-        assert r.returncode == 2, args
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], r.stderr
-        assert "tinyllm.py tinyllm.py" not in lines[0]
+def test_default_cpu_run_is_time_boxed(tmp_path, corpus_file, monkeypatch, capsys):
+    """With no --preset on a CPU: the cpu preset, about two minutes, and a hint on how to train longer."""
+    seen = []
+
+    def quick_train(model, train_ids, val_ids, config, **kwargs):
+        seen.append(dataclasses.replace(config))
+        config.max_steps = 2  # the real loop, cut short: this test checks the settings, not the learning
+        return real_train(model, train_ids, val_ids, config, **kwargs)
+
+    real_train = tinyllm.train
+    monkeypatch.setattr(tinyllm, "train", quick_train)
+    code, stdout, err = call_main(["train", "--data", corpus_file, "--out", tmp_path / "run", "--quiet",
+                                   "--sample-tokens", "5"], capsys)
+    assert code == 0, err
+    config = seen[0]
+    assert 60 <= config.max_time <= 150 and config.max_steps >= 10**5  # the clock decides
+    assert config.max_time == tinyllm.PRESETS["cpu"]["train"]["max_time"]
+    assert "(cpu preset)" in stdout and f"budget {config.max_time:.0f} s" in stdout
+    assert "train longer for better text: python tinyllm.py train --max-time" in stdout
 
 
-def test_bpe_run_and_sample_any_text(tmp_path, corpus_file, cli):
+def test_bpe_run_and_sample_any_text(tmp_path, corpus_file, capsys):
     out = tmp_path / "bpe"
-    r = cli("train", "--data", corpus_file, "--tokenizer", "bpe", "--vocab-size", "300", "--max-steps", "5",
-            "--out", out, *TINY)
-    assert r.returncode == 0, r.stderr
-    assert "bpe tokenizer, vocab 300" in r.stdout
-    s = cli("sample", "--ckpt", out / "last.pt", "--prompt", "Zebras ☃ dance", "--max-new-tokens", "5", "--seed", "1")
-    assert s.returncode == 0, s.stderr  # byte-level BPE encodes characters it never saw
-    assert s.stdout.startswith("Zebras ☃ dance")
+    code, stdout, err = call_main(["train", "--data", corpus_file, "--tokenizer", "bpe", "--vocab-size", "300",
+                                   "--max-steps", "5", "--out", out, *TINY], capsys)
+    assert code == 0, err
+    assert "bpe tokenizer, vocab 300" in stdout
+    code, stdout, err = call_main(["sample", "--ckpt", out / "last.pt", "--prompt", "Zebras \u2603 dance",
+                                   "--max-new-tokens", "5", "--seed", "1"], capsys)
+    assert code == 0, err  # byte-level BPE encodes characters it never saw
+    assert stdout.startswith("Zebras \u2603 dance")
 
 
-def test_cli_default_dataset_uses_the_data_dir(tmp_path, shakespeare_path, cli):
+def test_cli_default_dataset_uses_the_data_dir(tmp_path, shakespeare_path, capsys):
     """--data defaults to TinyShakespeare, read from TINYLLM_DATA_DIR (no download when the file is there)."""
-    r = cli("train", "--max-steps", "3", "--out", tmp_path / "run", *TINY)
-    assert r.returncode == 0, r.stderr
+    code, stdout, err = call_main(["train", "--max-steps", "3", "--out", tmp_path / "run", *TINY], capsys)
+    assert code == 0, err
     vocab = len(set(shakespeare_path.read_text(encoding="utf-8")))
-    assert f"vocab {vocab}" in r.stdout
+    assert f"vocab {vocab}" in stdout
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["meta"]["data"] == "shakespeare"

@@ -243,7 +243,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     outputs = ["".join(out.get("text", "") for out in cell.outputs) for cell in nb.cells if cell.cell_type == "code"]
     text = "\n".join(outputs)
     assert "preset: tiny" in text
-    assert (tmp_path / "runs" / "notebook" / "best.pt").is_file()  # written relative to the notebook's folder
+    assert (tmp_path / "runs" / "notebook" / "tinyllm.pt").is_file()  # saved relative to the notebook
     n = text.count("Exercise ")
     assert text.count(": not solved yet") >= 5 and text.count(": correct!") >= 5, f"exercise checks: {n} lines\n{text[-2000:]}"
     assert not (tmp_path / "data").exists(), "the data should come from TINYLLM_DATA_DIR, not a download"
