@@ -1001,12 +1001,20 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
         torch.distributed.broadcast(t, 0)
         return t.item()
 
+    saved = [state["step"]] if state is not None and out_dir is not None else []  # steps of last.pt saves
+
+    def diverged(what: str, at_step: int) -> TrainingDiverged:
+        """The error for a NaN or infinity: where, at which learning rate, and what is left to resume from."""
+        kept = (f"{out_dir / 'last.pt'} (step {saved[-1]}) is kept, the last good checkpoint" if saved
+                else "no checkpoint had been saved yet")
+        return TrainingDiverged(f"{what} at step {at_step} (learning rate {lr:.2e}): lower --lr, or train in "
+                                f"fp32; {kept}")
+
     def save(name: str, done: bool) -> None:
         # The loss is checked before each update, so an update that broke the weights shows only at
         # the next step: check them here, or "the last good checkpoint" could hold NaNs.
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise TrainingDiverged(f"the weights became NaN or infinite at step {step} (learning rate {lr:.2e}): "
-                                   "lower --lr, or train in fp32; the last good checkpoint is kept")
+            raise diverged("the weights became NaN or infinite", step)
         rng_data = [generator.get_state()]
         if distributed:  # every rank's data RNG, so that each resumes its own stream of batches
             rng_data = [None] * world
@@ -1016,6 +1024,8 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                             history=history, train_config=config, best_val=best_val, elapsed=elapsed, done=done,
                             rng={"data": rng_data, "torch": torch.get_rng_state()}, meta=meta,
                             recent_losses=list(losses))  # the next history row averages these too
+            if name == "last.pt":
+                saved.append(step)
 
     def is_finished() -> bool:
         return bool(from_rank0(float(step >= config.max_steps or (timed and elapsed >= config.max_time))))
@@ -1057,8 +1067,7 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                 loss_sum /= world
             loss_value = loss_sum.item() / config.grad_accum
             if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"the loss became {loss_value} at step {step + 1} (learning rate {lr:.2e}): "
-                                       "lower --lr, or train in fp32; the last good checkpoint is kept")
+                raise diverged(f"the loss became {loss_value}", step + 1)
             scaler.unscale_(optimizer)  # so that clipping sees the true gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
@@ -1069,8 +1078,9 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
             losses.append(loss_value)
             bar.update(int(elapsed) - bar.n if timed else 1)
             bar.set_postfix(step=step, loss=f"{loss_value:.3f}")
-            stopping = bool(from_rank0(float(bool(interrupted))))
-            last = is_finished() or stopping
+            finished = is_finished()  # a Ctrl-C in the very last step just lets the run end normally
+            stopping = not finished and bool(from_rank0(float(bool(interrupted))))
+            last = finished or stopping
             evaluating = step % config.eval_interval == 0 or (last and not stopping)
             if evaluating:
                 val_loss = evaluate(model, val_data, cfg.block_size, 64, None if last else config.eval_windows,

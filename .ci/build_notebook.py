@@ -232,6 +232,7 @@ CHAPTER = [
     """),
     Imports(extra=r"""
     # Only for this notebook's figures and counts:
+    import textwrap
     from collections import Counter
     from types import SimpleNamespace
 
@@ -545,8 +546,9 @@ CHAPTER = [
         if annotate:
             for i in range(m.size(0)):
                 for j in range(m.size(1)):
+                    color = "gray" if m[i, j] == -math.inf else "white" if m[i, j] < m[torch.isfinite(m)].mean() else "black"
                     ax.text(j, i, "-inf" if m[i, j] == -math.inf else f"{m[i, j]:.2f}", ha="center", va="center",
-                            fontsize=7, color="white" if m[i, j] < m[torch.isfinite(m)].mean() else "black")
+                            fontsize=7, color=color)
 
 
     masked = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf)
@@ -938,7 +940,7 @@ CHAPTER = [
     distance = (maps * back).sum(-1).mean(-1)  # (layers, heads): average distance looked back
     layer, head = divmod(int(distance.argmax()), H)
 
-    fig, axes = plt.subplots(L, H, figsize=(1.1 * H + 0.4, 1.1 * L + 0.3), squeeze=False)
+    fig, axes = plt.subplots(L, H, figsize=(1.2 * H + 0.5, 1.2 * L + 0.5), squeeze=False, layout="constrained")
     for l in range(L):
         for h in range(H):
             axes[l, h].imshow(maps[l, h], cmap="viridis")
@@ -982,7 +984,7 @@ CHAPTER = [
         logits, _ = model.eval()(torch.tensor([tokenizer.encode(prompt)], device=model.embed.weight.device))
     model.train()
     temperatures = [0.5, 1.0, 1.5]
-    fig = plt.figure(figsize=(12, 5.2))
+    fig = plt.figure(figsize=(12, 5.6))
     for col, t in enumerate(temperatures):
         probs = F.softmax(logits[0, -1].float().cpu() / t, dim=-1)
         top = probs.argsort(descending=True)[:10]
@@ -991,11 +993,12 @@ CHAPTER = [
         ax.set_xticks(range(10), [plot_label(tokenizer.chars[i]) for i in top])
         ax.set_ylim(0, 1)
         ax.set_title(f"temperature {t}: next character after {prompt[-6:]!r}", fontsize=9)
-        sample = complete(model, tokenizer, "ROMEO:\n", 160, temperature=t, seed=1, use_cache=False)
+        sample = "ROMEO:\n" + complete(model, tokenizer, "ROMEO:\n", 200, temperature=t, seed=1, use_cache=False)
+        lines = [part for line in sample.splitlines() for part in textwrap.wrap(line, 46) or [""]]
         ax = fig.add_subplot(2, 3, col + 4)
         ax.axis("off")
-        ax.text(0, 1, "ROMEO:\n" + sample, va="top", family="monospace", fontsize=7.5, wrap=True)
-    plt.tight_layout()
+        ax.text(0, 1, "\n".join(lines[:14]), va="top", family="monospace", fontsize=7.5)
+    fig.subplots_adjust(wspace=0.3, hspace=0.25)
     plt.show()
     """),
     md(r"""
@@ -1054,6 +1057,7 @@ CHAPTER = [
     print(f"{len(cache)} caches (one per layer), keys {tuple(cache[0].k.shape)} = (batch, heads, slots, head_dim)")
     print(f"largest difference between the two ways of computing the logits: {(full - step_by_step).abs().max():.1e}")
     assert torch.allclose(full, step_by_step, atol=1e-3)
+    model.train()
 
     prompt_ids = torch.tensor([tokenizer.encode("ROMEO:\n")], device=model.embed.weight.device)
     n_new = 200
@@ -1062,7 +1066,6 @@ CHAPTER = [
         out = model.generate(prompt_ids, n_new, temperature=0, use_cache=use_cache)
         int(out[0, -1])  # wait for the GPU to finish
         print(f"use_cache={use_cache!s:<5}: {n_new / (time.perf_counter() - t0):7.0f} tokens/s")
-    model.train()
     """),
     md(r"""
     The speed-up grows with the context length and the model size; for a model this small, on a CPU,
@@ -1495,9 +1498,11 @@ def clean_outputs(nb) -> None:
         cell.outputs = [o for o in outputs if not (o.output_type == "stream" and not o.text.strip())]
 
 
-def execute(nb, timeout: int = 1800):
+def execute(nb, timeout: int = 1800, threads: int | None = None):
     from nbclient import NotebookClient
 
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it: fewer threads on a busy machine
     if not os.environ.get("TINYLLM_DATA_DIR") and (ROOT.parent / "shared" / "data").is_dir():
         os.environ["TINYLLM_DATA_DIR"] = str(ROOT.parent / "shared" / "data")  # the offline copy, as in CI
     mode = "TINYLLM_FAST=1" if os.environ.get("TINYLLM_FAST") == "1" else "full"
@@ -1515,6 +1520,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--execute", action="store_true", help="run the notebook and keep its outputs")
     parser.add_argument("--check", action="store_true", help="exit 1 if the notebook's cells are out of date")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the kernel (default: PyTorch's choice)")
     parser.add_argument("--out", type=Path, default=NOTEBOOK_PATH, help="where to write (default: tiny_llm.ipynb)")
     args = parser.parse_args()
 
@@ -1533,7 +1539,7 @@ def main() -> int:
         return 0
     nb = make_notebook(cells)
     if args.execute:
-        execute(nb)
+        execute(nb, threads=args.threads)
     nbformat.write(nb, args.out)
     size = args.out.stat().st_size
     print(f"wrote {args.out} ({len(cells)} cells, {size / 1e6:.2f} MB)")

@@ -142,23 +142,37 @@ def test_crash_and_resume_matches_an_uninterrupted_run(tmp_path, data, monkeypat
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
-def test_sigint_saves_last_and_resume_is_exact(tmp_path, data, monkeypatch):
+@pytest.mark.parametrize("at_step", [13, 20])
+def test_sigint_saves_last_and_resume_is_exact(tmp_path, data, monkeypatch, at_step):
+    """Ctrl-C finishes the step in flight, saves last.pt and stops; resuming gives the uninterrupted run.
+
+    Ctrl-C during the very last step just lets the run finish (with its final evaluation).
+    """
     tok, train_ids, val_ids = data
-    settings = dict(max_steps=20, eval_interval=10, seed=4)
+    settings = dict(max_steps=20, eval_interval=10, eval_windows=2, seed=4)
     whole = tiny_model(tok.vocab_size)
     expected = train(whole, train_ids, val_ids, tiny_config(**settings))
 
-    crash_at_batch(monkeypatch, 13, action=lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C during step 13
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(out_dir=str(tmp_path), **settings),
-              tokenizer=tok)
+    crash_at_batch(monkeypatch, at_step, action=lambda: os.kill(os.getpid(), signal.SIGINT))
+    model = tiny_model(tok.vocab_size)
+    try:
+        history = train(model, train_ids, val_ids, tiny_config(out_dir=str(tmp_path), **settings), tokenizer=tok)
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
     state = load_checkpoint(tmp_path / "last.pt")
-    assert state["step"] == 13 and not state["done"]  # the step in flight was finished, then saved
-    history = train(state["model"], train_ids, val_ids, state["train_config"], tokenizer=tok, state=state)
-    assert_same_weights(state["model"], whole)
+    assert state["step"] == at_step  # the step in flight was finished, then saved
+    if at_step < settings["max_steps"]:
+        assert interrupted and not state["done"]
+        model = state["model"]
+        history = train(model, train_ids, val_ids, state["train_config"], tokenizer=tok, state=state)
+    else:
+        assert not interrupted and state["done"]
+    assert_same_weights(model, whole)
     assert without_seconds(history) == without_seconds(expected)
+    assert load_checkpoint(tmp_path / "last.pt")["done"]
 
 
 def test_stale_temp_files_are_removed_when_training_starts(tmp_path, data):

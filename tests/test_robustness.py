@@ -171,6 +171,7 @@ def test_nan_loss_stops_with_step_and_lr(tmp_path, corpus_file, capsys):
     failed_at = int(re.search(r"at step (\d+)", err).group(1))
     kept = tinyllm.load_checkpoint(out / "last.pt")
     assert 1 <= kept["step"] <= failed_at
+    assert f"(step {kept['step']}) is kept" in err
     assert all(torch.isfinite(p).all() for p in kept["model"].parameters())
     assert not list(out.glob(".*.tmp"))
 
@@ -203,10 +204,10 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, corpus_file, capsys):
-    args = ["train", "--data", corpus_file, "--max-steps", "120", "--eval-interval", "30", "--ckpt-interval", "1",
-            *TINY]
+    args = ["train", "--data", corpus_file, "--max-steps", "120", "--eval-interval", "30", *TINY]
     code, _, err = call_main(args + ["--out", tmp_path / "whole"], capsys)  # the uninterrupted run, for reference
     assert code == 0, err
+    args += ["--ckpt-interval", "1"]  # saving often changes nothing in the numbers, only what a kill can lose
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     out = tmp_path / "killed"

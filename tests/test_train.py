@@ -246,11 +246,12 @@ def test_nan_loss_stops_with_step_and_lr_and_keeps_a_good_checkpoint(data, tmp_p
     assert "NaN" in message or "nan" in message or "inf" in message
     state = load_checkpoint(tmp_path / "last.pt")
     assert 1 <= state["step"] < int(re.search(r"step (\d+)", message).group(1))
+    assert f"last.pt (step {state['step']}) is kept" in message  # the message says what is left
     assert all(torch.isfinite(p).all() for p in state["model"].parameters()), "the kept checkpoint is not good"
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_nan_loss_is_caught_before_the_update(data, monkeypatch):
+def test_nan_loss_is_caught_before_the_update(data, monkeypatch, tmp_path):
     """A NaN loss (here injected at step 3) stops training before it can reach the weights."""
     tok, train_ids, val_ids = data
     model = tiny_model(tok.vocab_size)
@@ -263,7 +264,18 @@ def test_nan_loss_is_caught_before_the_update(data, monkeypatch):
         return logits, (loss * float("nan") if len(calls) == 3 and loss is not None else loss)
 
     monkeypatch.setattr(TinyLLM, "forward", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"at step 3 \(learning rate 9\.00e-04\)"):
-        train(model, train_ids, val_ids, tiny_config(max_steps=10, eval_interval=100, lr=3e-3, warmup_steps=10))
+    config = tiny_config(max_steps=10, eval_interval=100, lr=3e-3, warmup_steps=10, ckpt_interval=2,
+                         out_dir=str(tmp_path))
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3 \(learning rate 9\.00e-04\).*"
+                                               r"last\.pt \(step 2\) is kept"):
+        train(model, train_ids, val_ids, config)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+
+
+def test_divergence_before_any_checkpoint_says_so(data, tmp_path):
+    tok, train_ids, val_ids = data
+    config = tiny_config(max_steps=50, lr=1e6, warmup_steps=1, eval_interval=100, out_dir=str(tmp_path))
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been saved yet"):
+        train(tiny_model(tok.vocab_size), train_ids, val_ids, config)
 
