@@ -572,8 +572,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     depends only on m - n: attention sees relative positions, whatever the absolute ones are.
     """
     x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
-    rotated = torch.cat([-x2, x1], dim=-1)  # (B, H, T, D)
-    return (x * cos + rotated * sin).to(x.dtype)
+    half = x1.size(-1)
+    cos, sin = cos[..., :half], sin[..., :half]  # both halves of the tables are equal
+    # The 2-D rotation of each pair; the same as x * cos + cat(-x2, x1) * sin, with half the work.
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -747,6 +749,11 @@ class TinyLLM(nn.Module):
                 # The layers that write into the residual stream start smaller, so the stream's
                 # variance does not grow with depth (GPT-2's scaled init).
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # RoPE's cos and sin for positions 0 .. block_size - 1, computed once rather than every forward
+        # (buffers move with .to(device); not saved in checkpoints, as nothing in them is learned).
+        cos, sin = rope_angles(cfg.d_model // cfg.n_head, torch.arange(cfg.block_size), cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -767,8 +774,11 @@ class TinyLLM(nn.Module):
         start = cache[0].seen if cache else 0
         if cache is None and T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.block_size})")
-        cos, sin = rope_angles(self.config.d_model // self.config.n_head,
-                               torch.arange(start, start + T, device=idx.device), self.config.rope_theta)
+        if start + T <= self.config.block_size:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        else:  # generation with the KV cache runs past the context: positions beyond the table
+            cos, sin = rope_angles(self.config.d_model // self.config.n_head,
+                                   torch.arange(start, start + T, device=idx.device), self.config.rope_theta)
         x = self.embed(idx)  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache[i] if cache else None)
@@ -1706,6 +1716,9 @@ def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: 
         ckpt = load_checkpoint(checkpoint)
         model, tokenizer = ckpt["model"], tokenizer or ckpt["tokenizer"]
     cfg, out = model.config, Path(out_dir)
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
+                         "pass the tokenizer the model was trained with")
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
@@ -1721,7 +1734,11 @@ def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: 
     save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(out / "tinyllm_tokenizer.json")
-        hf_tokenizer(tokenizer).save(str(out / "tokenizer.json"))
+        try:
+            hf_tokenizer(tokenizer).save(str(out / "tokenizer.json"))
+        except ValueError as e:
+            print(f"warning: no tokenizer.json for AutoTokenizer ({e}); tinyllm_tokenizer.json has it", file=sys.stderr)
+            return out
         tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.block_size,
                             "clean_up_tokenization_spaces": False}  # decode() must not touch spaces
         atomic_write_bytes(out / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2).encode("utf-8"))
