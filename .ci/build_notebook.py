@@ -714,9 +714,10 @@ CHAPTER = [
     """),
     Defs("PRESETS", "check_preset", "ModelConfig", "TinyLLM"),
     md(r"""
-    **Where do the ~9M parameters sit?** The `9m` preset has 6 blocks with `d_model` = 384 and
-    `d_ff` = 768. Per block, attention has $4 d^2$ weights ($W_{qkv}$ is $d \times 3d$, `proj` is
-    $d \times d$) and SwiGLU has $3\, d\, d_{ff}$; the embedding is small with only 65 tokens:
+    **Where do the ~9M parameters sit?** With width $d$ = `d_model`, each block's attention has
+    $4 d^2$ weights ($W_{qkv}$ is $d \times 3d$, `proj` is $d \times d$) and its SwiGLU layer
+    $3\, d\, d_{ff}$ (`gate_up` is $d \times 2 d_{ff}$, `down` is $d_{ff} \times d$); the embedding
+    is small with only 65 tokens. Counted for the `9m` preset:
     """),
     code(r"""
     big = TinyLLM(ModelConfig.from_preset("9m", tokenizer.vocab_size))
@@ -773,8 +774,8 @@ CHAPTER = [
     """),
     md(r"""
     **The learning rate schedule.** Early on, gradients are large and erratic and the optimizer's
-    running averages (below) have seen only a few of them, so the learning rate rises linearly from almost zero during a
-    short **warmup**. Then it follows half a cosine from `lr` down to `min_lr`: big steps while the
+    running averages (below) have seen only a few of them, so the learning rate rises linearly from
+    almost zero during a short **warmup**. Then it follows half a cosine from `lr` down to `min_lr`: big steps while the
     loss falls fast, small ones to settle at the end. Progress is measured in steps, or, for a run
     with a time budget (the `cpu` preset), by the clock.
 
@@ -861,9 +862,10 @@ CHAPTER = [
 
     # --------------------------------------------------------------------------------------------
     section(10, r"""
-    Time to train. We start from a freshly seeded model and train it with the preset's settings. On a T4 this takes up to nine minutes; the CPU run stops after
-    100 seconds. The printed lines show the training loss, the validation loss (and in bits per
-    character), the learning rate and the time.
+    Time to train. We start from a freshly seeded model, measure its validation loss once (the
+    curve's starting point), and train it with the preset's settings. On a T4 this takes up to nine
+    minutes; the CPU run stops after 100 seconds. The printed lines show the training loss, the
+    validation loss (also in bits per character), the learning rate and the time.
     """),
     code(r"""
     if FAST:
@@ -1043,9 +1045,10 @@ CHAPTER = [
     section(12, r"""
     Generating $n$ tokens naively runs the model $n$ times over the whole context, recomputing the
     keys and values of every earlier token each time, though they never change: because of the
-    causal mask, a token's keys and values, at every layer, depend only on the tokens up to it. A **KV cache** keeps each layer's keys and values;
-    each new step feeds only the newest token, computes its query, key and value, appends the key and
-    value to the cache, and attends over everything stored.
+    causal mask, a token's keys and values, at every layer, depend only on the tokens up to it. A
+    **KV cache** keeps each layer's keys and values; each new step feeds only the newest token,
+    computes its query, key and value, appends the key and value to the cache, and attends over
+    everything stored.
 
     Once `block_size` tokens are stored, the cache overwrites its oldest slot, a **ring buffer**, and
     the model keeps attending to the last `block_size` tokens. With RoPE this needs no recomputation:
@@ -1230,10 +1233,9 @@ CHAPTER = [
     check_exercise(3, check_exercise_3)
     '''),
     md(r"""
-    **Exercise 4 — the schedule by hand (section 9).** The `9m` preset has `lr` = 1e-3,
-    `min_lr` = 1e-4, `warmup_steps` = 100 and `max_steps` = 3000. Without running `lr_at`, work out
-    the learning rate at step 49 (counting from 0) and at step 1500, halfway through, and write them
-    in `my_lrs`.
+    **Exercise 4 — the schedule by hand (section 9).** Take a run with `lr` = 1e-3, `min_lr` = 1e-4,
+    `warmup_steps` = 100 and `max_steps` = 3000. Without running `lr_at`, work out the learning rate
+    at step 49 (counting from 0) and at step 1500, halfway through, and write them in `my_lrs`.
     """),
     code(r'''
     my_lrs = (None, None)  # (learning rate at step 49, learning rate at step 1500)
@@ -1242,7 +1244,7 @@ CHAPTER = [
     def check_exercise_4():
         if None in my_lrs:
             raise NotImplementedError
-        cfg = TrainConfig.from_preset("9m")
+        cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=3000)
         for step, mine in zip((49, 1500), my_lrs):
             right = lr_at(step, step / cfg.max_steps, cfg)
             assert math.isclose(mine, right, rel_tol=1e-3), f"step {step}: {mine} is not right"
@@ -1279,8 +1281,8 @@ CHAPTER = [
     '''),
     md(r"""
     **Exercise 6 — the cost of the KV cache (section 12).** How many bytes does the KV cache of the
-    `9m` model take when generating one sequence (batch 1) with all `block_size` = 256 slots filled,
-    stored in 16-bit floats (2 bytes per number)? The model has 6 layers and `d_model` = 384. Compare
+    `9m` model take when generating one sequence (batch 1) with all `block_size` slots filled, stored
+    in 16-bit floats (2 bytes per number)? Take the sizes from `PRESETS["9m"]["model"]`, and compare
     your answer with the size of the model's weights in 16 bits.
     """),
     code(r'''
@@ -1395,14 +1397,18 @@ CHAPTER = [
     check_exercise(5, check_exercise_5)
     '''),
     md(r"""
-    **6.** Per layer, keys and values (2) for every slot (256) and channel (384, all heads together),
-    2 bytes each: $2 \cdot 6 \cdot 256 \cdot 384 \cdot 2 = 2{,}359{,}296$ bytes, about 2.4 MB — small
-    next to the 8.9M weights (about 18 MB in 16 bits). For large models with long contexts and many
-    sequences at once it is the other way round, which is why people share keys and values across
-    heads (grouped-query attention) to shrink the cache.
+    **6.** Every layer stores a key and a value (2) for every slot (`block_size`) and channel
+    (`d_model`, all heads together), 2 bytes each: $2 \cdot n_{layer} \cdot T \cdot d \cdot 2$ bytes.
+    For the `9m` preset that is about 2.4 MB, small next to its weights (about 18 MB in 16 bits).
+    For large models with long contexts and many sequences at once it is the other way round, which
+    is why recent models share keys and values across heads (grouped-query attention) to shrink the
+    cache.
     """),
     code(r'''
-    my_kv_cache_bytes = 2 * 6 * 256 * 384 * 2
+    m = PRESETS["9m"]["model"]
+    my_kv_cache_bytes = 2 * m["n_layer"] * m["block_size"] * m["d_model"] * 2
+    print(f"KV cache: {my_kv_cache_bytes / 1e6:.2f} MB; weights in 16 bits: "
+          f"{2 * TinyLLM(ModelConfig.from_preset('9m', 65)).num_params() / 1e6:.1f} MB")
 
     check_exercise(6, check_exercise_6)
     '''),

@@ -45,7 +45,7 @@ def uptime() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def speed(spec: dict, bursts: int = 4, steps: int = 30) -> dict:
+def speed(spec: dict, bursts: int = 3, steps: int = 25) -> dict:
     """Best steps/s over `bursts` bursts of `steps` training steps, after a warm-up."""
     tok, train_ids, _ = load_data()
     mcfg, train = configs(spec, tok.vocab_size)

@@ -7,7 +7,6 @@ the resumption of that one, which must end with exactly the weights of the whole
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
