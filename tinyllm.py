@@ -1054,7 +1054,8 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
     timed = bool(config.max_time)
     bar = tqdm(total=int(config.max_time) if timed else config.max_steps, initial=int(elapsed) if timed else step,
                unit="s" if timed else "step", disable=not (config.progress and main), desc="training",
-               dynamic_ncols=True, leave=False)
+               dynamic_ncols=True, leave=False,  # a time budget shows seconds done, not a rate of seconds
+               bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]" if timed else None)
     t0 = time.perf_counter() - elapsed
     losses: list[float] = list(state.get("recent_losses") or []) if state is not None else []
     last, stopping = is_finished(), False  # stopping: rank 0 saw Ctrl-C, so every rank stops

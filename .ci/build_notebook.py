@@ -289,8 +289,8 @@ CHAPTER = [
     print(text[:300])
     """),
     md(r"""
-    A first look at the statistics. Spaces, `e`, `t` and `o` are everywhere; `Z`, `$` and `&` occur
-    a handful of times. A model that knew nothing but these frequencies would already beat uniform
+    A first look at the statistics. Spaces, `e`, `t` and `o` are everywhere; `Z`, `&` and the dollar
+    sign occur a handful of times. A model that knew nothing but these frequencies would already beat uniform
     guessing — and it is the first thing our model will learn.
     """),
     code(r"""
@@ -672,9 +672,12 @@ CHAPTER = [
     It is LayerNorm without subtracting the mean and without a bias: cheaper, and as good.
 
     **SwiGLU.** The feed-forward layer widens each vector to `d_ff` hidden units and back. GPT-2
-    uses $W_2\,\mathrm{GELU}(W_1 x)$; we use a **gated** version, $W_{down}\,(\mathrm{SiLU}(W_{gate}x)
-    \odot W_{up}x)$, where one projection decides how much of the other passes, unit by unit. At the
-    same parameter count it learns faster, and LLaMA and most open models use it.
+    uses $W_2\,\mathrm{GELU}(W_1 x)$; we use a **gated** version,
+
+    $$\mathrm{SwiGLU}(x) = W_{down}\,\big(\mathrm{SiLU}(W_{gate}\,x) \odot W_{up}\,x\big),$$
+
+    where one projection decides how much of the other passes, unit by unit. At the same parameter
+    count it learns faster, and LLaMA and most open models use it.
     """),
     Defs("RMSNorm", "SwiGLU", "Block"),
     code(r"""
@@ -1360,10 +1363,11 @@ CHAPTER = [
     check_exercise(2, check_exercise_2)
     '''),
     md(r"""
-    **3.** The embedding (shared with the head) has $V d$ weights. Each block has $3d^2$ (`qkv`) $+
-    d^2$ (`proj`) for attention, $2 d\, d_{ff}$ (`gate_up`) $+ d_{ff} d$ (`down`) for SwiGLU, and
-    two RMSNorm gains of $d$; the final norm adds $d$:
-    $V d + L\,(4d^2 + 3d\,d_{ff} + 2d) + d$.
+    **3.** The embedding (shared with the head) has $V d$ weights. Each block has $3d^2$ (`qkv`)
+    plus $d^2$ (`proj`) for attention, $2 d\, d_{ff}$ (`gate_up`) plus $d_{ff}\, d$ (`down`) for
+    SwiGLU, and two RMSNorm gains of $d$ each; the final norm adds $d$:
+
+    $$V d + n_{layer}\,(4d^2 + 3d\,d_{ff} + 2d) + d$$
     """),
     code(r'''
     def my_num_params(cfg: ModelConfig) -> int:
