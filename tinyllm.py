@@ -16,6 +16,7 @@ The model follows today's small open models rather than GPT-2. The papers behind
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -1360,7 +1361,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 # 14. The command line (module only)
 # ----------------------------------------------------------------------------------------------
 
-class CLIParser(__import__("argparse").ArgumentParser):
+class CLIParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line that points at --help."""
 
     def error(self, message: str):
