@@ -1091,7 +1091,7 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
             elapsed = time.perf_counter() - t0
             losses.append(loss_value)
             bar.update(int(elapsed) - bar.n if timed else 1)
-            bar.set_postfix(step=step, loss=f"{loss_value:.3f}")
+            bar.set_postfix(step=step, loss=f"{loss_value:.3f}", refresh=False)  # drawn by update(), not twice
             finished = is_finished()  # a Ctrl-C in the very last step just lets the run end normally
             stopping = not finished and bool(from_rank0(float(bool(interrupted))))
             last = finished or stopping
