@@ -31,21 +31,6 @@ import tinyllm  # noqa: E402
 
 # ---- the textbook BPE, written from scratch for this comparison ----------------------------------
 
-def textbook_merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace each occurrence of `pair` in `ids`, scanning left to right, by `new_id`."""
-    first, second = pair
-    out: list[int] = []
-    i, n = 0, len(ids)
-    while i < n:
-        if ids[i] == first and i + 1 < n and ids[i + 1] == second:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
 def textbook_train(text: str, vocab_size: int, pattern: str = tinyllm.SPLIT_PATTERN,
                    ) -> tuple[list[tuple[int, int]], dict[tuple[int, ...], int], list[float]]:
     """Learn merges the obvious way: the algorithm of Sennrich et al. (2016), on UTF-8 bytes.
@@ -71,7 +56,7 @@ def textbook_train(text: str, vocab_size: int, pattern: str = tinyllm.SPLIT_PATT
             break
         best = min(counts, key=lambda p: (-counts[p], p))  # most frequent; ties go to the smallest pair
         merges.append(best)
-        words = [(textbook_merge(ids, best, new_id), freq) for ids, freq in words]
+        words = [(tinyllm.merge_pair(ids, best, new_id), freq) for ids, freq in words]  # same primitive as ours
         merge_times.append(time.perf_counter() - t0)
     return merges, {tuple(ids): freq for ids, freq in words}, merge_times
 
