@@ -555,14 +555,14 @@ def attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 # ----------------------------------------------------------------------------------------------
 
 def rope_angles(head_dim: int, positions: torch.Tensor, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles pos * theta^(-2i/head_dim), each (T, head_dim).
+    """cos and sin of the rotation angles pos * theta^(-2i/head_dim), each (T, head_dim / 2).
 
-    Pair i of a head's channels turns at its own frequency, from one turn per ~6 tokens (i = 0) to
-    very slow ones, so that near and far offsets are both visible in the dot products.
+    Pair i of a head's channels (channels i and i + head_dim/2) turns at its own frequency, from one
+    turn per ~6 tokens (i = 0) to very slow ones, so that near and far offsets are both visible in
+    the dot products.
     """
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim / 2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, head_dim): channel i and i + head_dim/2 share an angle
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim / 2): one angle per pair
     return angles.cos(), angles.sin()
 
 
@@ -572,11 +572,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     A query at position m and a key at position n are rotated by m and n, so their dot product
     depends only on m - n: attention sees relative positions, whatever the absolute ones are.
     """
-    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
-    half = x1.size(-1)
-    cos, sin = cos[..., :half], sin[..., :half]  # both halves of the tables are equal
-    # The 2-D rotation of each pair; the same as x * cos + cat(-x2, x1) * sin, with half the work.
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each: the first and second members of every pair
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)  # (B, H, T, D)
 
 
 class CausalSelfAttention(nn.Module):

@@ -44,9 +44,9 @@ def test_attention_by_hand_shapes_and_weights():
 
 def test_rope_angles_shapes():
     cos, sin = rope_angles(16, torch.arange(10))
-    assert cos.shape == sin.shape == (10, 16)
-    torch.testing.assert_close(cos[0], torch.ones(16))  # position 0 is not rotated
-    torch.testing.assert_close(cos ** 2 + sin ** 2, torch.ones(10, 16))
+    assert cos.shape == sin.shape == (10, 8)  # one angle per pair of channels
+    torch.testing.assert_close(cos[0], torch.ones(8))  # position 0 is not rotated
+    torch.testing.assert_close(cos ** 2 + sin ** 2, torch.ones(10, 8))
 
 
 def test_components_shapes(cfg):
