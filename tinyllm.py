@@ -19,17 +19,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import heapq
+import http.client
+import io
 import json
 import math
+import operator
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
-import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -141,8 +146,6 @@ def download_dataset(name: str, data_dir: Path) -> Path:
     A cached copy is used only if its hash matches: a file cut short by a crash, or edited by hand,
     is fetched again rather than trusted. Nothing is written unless the download's hash matches too.
     """
-    import http.client  # its errors (e.g. a connection dropped mid-download) are not OSErrors
-
     ds = DATASETS[name]
     path = Path(data_dir) / ds.filename
     if path.is_file() and sha256_of(path.read_bytes()) == ds.sha256:
@@ -150,7 +153,7 @@ def download_dataset(name: str, data_dir: Path) -> Path:
     try:
         with urllib.request.urlopen(ds.url, timeout=60) as response:
             data = response.read()
-    except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
+    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts; a connection dropped mid-download
         raise ConnectionError(
             f"could not download {name!r} from {ds.url} ({e}). Connect to the internet and try again, or "
             f"download that file by hand and save it as {path} (or set TINYLLM_DATA_DIR to a folder "
@@ -240,11 +243,9 @@ class Tokenizer:
 
         Without the check, a negative id would quietly index from the end of a Python list.
         """
-        import operator  # operator.index accepts ints, NumPy ints and integer tensors, but not 2.5 or "7"
-
         ids = ids.tolist() if hasattr(ids, "tolist") else ids  # a tensor or array, as a list
         try:
-            ids = [operator.index(i) for i in ids]
+            ids = [operator.index(i) for i in ids]  # ints, NumPy ints, integer tensors; not 2.5 or "7"
         except TypeError:
             raise TypeError("token ids must be integers (a list of ints, or an integer tensor)") from None
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
@@ -362,8 +363,6 @@ class BPETokenizer(Tokenizer):
           3. A heap hands out the most frequent pair without scanning all the counts.
         Ties go to the smallest pair (by ids), so training is deterministic.
         """
-        import heapq
-
         special_tokens = list(special_tokens)
         if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
             raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
@@ -1047,8 +1046,6 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
             raise KeyboardInterrupt
         interrupted.append(True)
 
-    import signal
-    import threading
     use_signal = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGINT, on_sigint) if use_signal else None
     timed = bool(config.max_time)
@@ -1097,9 +1094,10 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                 val_loss = evaluate(model, val_data, cfg.block_size, 64, None if last else config.eval_windows,
                                     amp_dtype) if main else 0.0
                 val_loss = from_rank0(val_loss)
+                train_loss = sum(losses) / len(losses)  # the mean since the last evaluation
                 row = {"step": step, "tokens": step * config.batch_size * config.grad_accum * cfg.block_size * world,
-                       "train_loss": sum(losses) / len(losses), "val_loss": val_loss, "lr": lr,
-                       "seconds": round(elapsed, 2), "train_bpc": bits_per_char(sum(losses) / len(losses), config.chars_per_token),
+                       "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": round(elapsed, 2),
+                       "train_bpc": bits_per_char(train_loss, config.chars_per_token),
                        "val_bpc": bits_per_char(val_loss, config.chars_per_token)}
                 history.append(row)
                 losses = []
@@ -1300,8 +1298,6 @@ def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokeni
     Everything is stored as tensors and plain Python data (configs and tokenizers as dicts), so the
     file loads with torch.load(weights_only=True), which never runs code from the file.
     """
-    import io
-
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                "model_config": asdict(model.config), "model": model.state_dict(),
                "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}

@@ -5,7 +5,6 @@ without paying for a Python start per case); a sample of it also runs as real su
 kill/Ctrl-C tests always do.
 """
 
-import os
 import random
 import re
 import signal
