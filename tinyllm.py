@@ -1524,8 +1524,8 @@ def cmd_train(args) -> int:
         model = TinyLLM(ModelConfig.from_preset(preset, tokenizer.vocab_size))
         meta, state = {"data": str(args.data), "preset": preset}, None
         amp = choose_precision(device, config.dtype)
-        budget = [f"{config.max_steps} steps" if config.max_steps < 10**9 else "",
-                  f"{config.max_time:.0f} s" if config.max_time else ""]
+        steps_bind = not config.max_time or args.max_steps is not None  # a preset's step cap under a clock is no budget
+        budget = [f"{config.max_steps} steps" if steps_bind else "", f"{config.max_time:.0f} s" if config.max_time else ""]
         print(f"tinyllm | {model.num_params() / 1e6:.2f}M parameters ({preset} preset) | device {device} | "
               f"{str(amp or torch.float32).replace('torch.', '')} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
               f"{len(train_ids):,} train + {len(val_ids):,} val tokens | budget {' or '.join(b for b in budget if b)} | out {out}")
