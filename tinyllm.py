@@ -522,10 +522,60 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Embeddings
+# 4. Baselines and embeddings
 # ----------------------------------------------------------------------------------------------
-# A token id becomes a learned vector by looking up a row of an nn.Embedding table. There are no
-# position embeddings: position enters inside attention, through RoPE (section 6).
+# Before any network: the loss every model here is scored by, and what counting alone achieves
+# (the baselines the transformer has to beat). A token id becomes a learned vector by looking up a
+# row of an nn.Embedding table; a table with vocab_size numbers per token is already a model, the
+# learned bigram. There are no position embeddings: position enters inside attention (section 6).
+
+def cross_entropy_by_hand(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean of -log p(target), F.cross_entropy written out step by step.
+
+    logits (N, V) are unnormalised scores, one row per position; targets (N,) the tokens that came
+    next. The loss is 0 when the model gave the right token probability 1, and grows without bound as
+    that probability goes to 0, so it punishes confident mistakes hardest. (F.cross_entropy computes
+    the same with log_softmax, which cannot take the log of a probability that rounded to 0.)
+    """
+    probs = F.softmax(logits.float(), dim=-1)  # (N, V): each row sums to 1
+    p_next = probs[torch.arange(len(targets)), targets]  # (N,): the probability given to what came next
+    return -p_next.log().mean()  # nats per token
+
+
+def bigram_probs(ids: torch.Tensor, vocab_size: int, smoothing: float = 1.0) -> torch.Tensor:
+    """P[a, b], the probability that token b follows token a, counted in ids: a (V, V) table.
+
+    The best a model that sees only the previous token can do is to predict these frequencies.
+    `smoothing` is added to every count (Laplace smoothing), so that a pair never seen in training
+    gets a small probability rather than 0, whose log would make the loss on new text infinite.
+    """
+    counts = torch.full((vocab_size, vocab_size), float(smoothing))
+    ones = torch.ones(len(ids) - 1)
+    counts.index_put_((ids[:-1], ids[1:]), ones, accumulate=True)  # counts[a, b] += 1 for each neighbouring pair
+    return counts / counts.sum(dim=1, keepdim=True)  # each row: a distribution over the next token
+
+
+class BigramLM(nn.Module):
+    """The simplest neural language model: the logits for the next token are a learned row per token.
+
+    A (vocab_size, vocab_size) embedding table is the whole model. It sees one token of context, so
+    at best it learns the counted bigram table (bigram_probs), but it has TinyLLM's interface (token
+    ids in, logits and loss out), so the same training, evaluation and sampling code runs it.
+    The table starts at zero: every token equally likely, exactly the uniform baseline.
+    """
+
+    def __init__(self, cfg: "ModelConfig"):
+        super().__init__()
+        self.config = cfg  # only vocab_size and block_size are used
+        self.logits = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
+        nn.init.zeros_(self.logits.weight)
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        logits = self.logits(idx)  # (B, T, V): row idx[b, t] of the table
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())  # (B*T, V) against (B*T,)
+        return logits, loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,6 +597,50 @@ def attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         scores = scores.masked_fill(~allowed, float("-inf"))  # no peeking at the future
     weights = F.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk), each row sums to 1
     return weights @ v, weights  # (B, H, Tq, D): a weighted average of the values
+
+
+class AttentionHead(nn.Module):
+    """One causal attention head with its own query, key and value projections (no positions yet).
+
+    Each position's vector (d_model numbers) is projected three ways, to head_dim numbers each: the
+    query says what the position is looking for, the key what it offers, the value what it hands
+    over when chosen. Learning the three projections is learning what to attend to. The last
+    attention weights are kept in `weights` (B, T, T) for plotting.
+    """
+
+    def __init__(self, d_model: int, head_dim: int):
+        super().__init__()
+        self.query = nn.Linear(d_model, head_dim, bias=False)
+        self.key = nn.Linear(d_model, head_dim, bias=False)
+        self.value = nn.Linear(d_model, head_dim, bias=False)
+        self.weights: Optional[torch.Tensor] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, head_dim) each
+        q, k, v = q[:, None], k[:, None], v[:, None]  # (B, 1, T, head_dim): attention_by_hand wants a head axis
+        out, weights = attention_by_hand(q, k, v)
+        self.weights = weights[:, 0]  # (B, T, T)
+        return out[:, 0]  # (B, T, head_dim)
+
+
+class MultiHeadAttention(nn.Module):
+    """n_head AttentionHeads side by side: their outputs concatenated, then mixed by one linear layer.
+
+    Each head works in head_dim = d_model / n_head channels, so n_head heads cost what one wide head
+    would, yet can follow n_head different relations at once (the previous character, the start of
+    the word, ...). Plain and slow, one head after another; CausalSelfAttention (section 6) computes
+    the same thing with one matrix product for all heads.
+    """
+
+    def __init__(self, d_model: int, n_head: int):
+        super().__init__()
+        assert d_model % n_head == 0, "d_model must be divisible by n_head"
+        self.heads = nn.ModuleList([AttentionHead(d_model, d_model // n_head) for _ in range(n_head)])
+        self.proj = nn.Linear(d_model, d_model, bias=False)  # mixes what the heads found
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([head(x) for head in self.heads], dim=-1)  # (B, T, n_head * head_dim) = (B, T, d_model)
+        return self.proj(y)
 
 
 # ----------------------------------------------------------------------------------------------
