@@ -1,8 +1,15 @@
 """tinyllm: a tiny language model, from text to samples, in one readable file.
 
 The pipeline is: text -> tokenizer -> decoder-only transformer -> training loop -> sampling.
-This file mirrors the notebook `tiny_llm.ipynb` section by section (same headings, same
-definitions); `python tinyllm.py --help` is the command line, and `import tinyllm` the library.
+
+The file has two parts:
+  Part I, the chapter (sections 1-13): what a learner needs to see, in the order of the notebook
+    `tiny_llm.ipynb`, which holds every one of these definitions too, identical, under the same
+    numbered headings. Read it side by side with the notebook.
+  Part II, the toolkit (sections A-E, module only): what real runs need on top - crash-safe
+    checkpoint files, exact resume, Ctrl-C, several GPUs (DDP), the command line and export - built
+    from Part I's pieces, never a copy of them.
+`python tinyllm.py --help` is the command line, and `import tinyllm` the library.
 
 The model follows today's small open models rather than GPT-2. The papers behind it:
   - Attention Is All You Need (Vaswani et al., 2017): the transformer and scaled dot-product attention.
@@ -12,29 +19,25 @@ The model follows today's small open models rather than GPT-2. The papers behind
   - GLU Variants Improve Transformer (Shazeer, 2020): the SwiGLU feed-forward layer.
   - LLaMA (Touvron et al., 2023): how these pieces fit together in a pre-norm decoder.
   - Decoupled Weight Decay Regularization (Loshchilov & Hutter, 2019): AdamW.
+  - Dropout (Srivastava et al., 2014): the regularisation of the 9m preset.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import heapq
 import http.client
-import io
 import json
 import math
 import operator
 import os
 import random
 import re
-import signal
 import sys
-import tempfile
-import threading
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -42,11 +45,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 # Where downloaded datasets are cached (TINYLLM_DATA_DIR overrides it). The notebook uses ./data.
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
+
+# ==============================================================================================
+# Part I - the chapter (mirrored by tiny_llm.ipynb, definition for definition)
+# ==============================================================================================
 
 # ----------------------------------------------------------------------------------------------
 # 1. Setup: device, seed, versions
@@ -116,30 +122,6 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half of one.
-
-    The bytes go to a temporary file in the same directory, are flushed and fsync'ed to disk, and
-    the temporary file is then renamed over `path` (a rename within one filesystem is atomic).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def download_dataset(name: str, data_dir: Path) -> Path:
     """Fetch a built-in dataset once, check its SHA-256, and cache it in `data_dir`.
 
@@ -164,7 +146,8 @@ def download_dataset(name: str, data_dir: Path) -> Path:
             f"the download from {ds.url} has SHA-256 {sha256_of(data)}, not the expected {ds.sha256}: it is "
             f"damaged or has changed. Try again later, or save a good copy by hand as {path}"
         )
-    atomic_write_bytes(path, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)  # a write cut short fails the hash check next time, and is fetched again
     return path
 
 
@@ -216,7 +199,7 @@ TOKENIZER_VERSION = 1
 
 
 class Tokenizer:
-    """What every tokenizer offers: encode, decode, vocab_size, and save/load as readable JSON."""
+    """What every tokenizer offers: encode, decode, vocab_size, and save as readable JSON."""
 
     kind = "base"
 
@@ -236,7 +219,7 @@ class Tokenizer:
     def save(self, path: str | Path) -> None:
         """Save as JSON (human-readable, versioned); `load_tokenizer(path)` restores it."""
         data = {"format": TOKENIZER_FORMAT, "version": TOKENIZER_VERSION, **self.to_dict()}
-        atomic_write_bytes(Path(path), json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
+        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         """The ids as a list of Python ints, after checking each one names a token of this vocabulary.
@@ -323,6 +306,109 @@ def pair_counts(ids: Sequence[int], weight: int = 1, counts: Optional[dict] = No
     return counts
 
 
+def train_bpe_simple(text: str, vocab_size: int, pattern: str = SPLIT_PATTERN) -> list[tuple[int, int]]:
+    """The textbook BPE loop (Sennrich et al., 2016) on UTF-8 bytes: the merges it learns, in order.
+
+    Count every adjacent pair in the text, merge the most frequent one everywhere into a new id,
+    and repeat. Merges never cross the chunks of the split pattern. Ties go to the smallest pair,
+    as in BPETokenizer.train, so both learn the same merges; this one recounts everything after
+    every merge, which makes it slow: O(merges x text).
+    """
+    chunks = [list(chunk.encode("utf-8")) for chunk in re.findall(pattern, text)]
+    merges: list[tuple[int, int]] = []
+    while 256 + len(merges) < vocab_size:
+        counts: dict = {}
+        for ids in chunks:
+            pair_counts(ids, counts=counts)
+        if not counts:
+            break  # every chunk is a single token: nothing left to merge
+        pair = min(counts, key=lambda p: (-counts[p], p))  # most frequent; ties to the smallest pair
+        chunks = [merge_pair(ids, pair, 256 + len(merges)) for ids in chunks]
+        merges.append(pair)
+    return merges
+
+
+def learn_merges(text: str, n_merges: int, special_tokens: Sequence[str] = (),
+                 pattern: str = SPLIT_PATTERN) -> list[tuple[int, int]]:
+    """The merges of train_bpe_simple, learned fast.
+
+    Three ideas avoid recounting the whole text after every merge:
+      1. Identical chunks are counted once, with their frequency: Shakespeare's 300k chunks are
+         only 15k distinct words.
+      2. `where` remembers which words hold each pair, so a merge visits only those words, and
+         the pair counts are corrected by the difference the merge made there.
+      3. A heap hands out the most frequent pair without scanning all the counts.
+    Special tokens are cut out of the text first, so no merge ever learns a piece of one.
+    """
+    longest_first = sorted(special_tokens, key=len, reverse=True)
+    parts = re.split("|".join(map(re.escape, longest_first)), text) if special_tokens else [text]
+    chunk_counts: dict[str, int] = {}
+    for chunk in (c for part in parts for c in re.findall(pattern, part)):
+        chunk_counts[chunk] = chunk_counts.get(chunk, 0) + 1
+    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]  # each distinct chunk, as ids
+    freqs = list(chunk_counts.values())  # how often each one occurs in the text
+    counts: dict[tuple[int, int], int] = {}  # pair -> its number of occurrences in the text
+    where: dict[tuple[int, int], set[int]] = {}  # pair -> the words it occurs in (and maybe a few more)
+    for w, (ids, freq) in enumerate(zip(words, freqs)):
+        for pair in zip(ids, ids[1:]):
+            counts[pair] = counts.get(pair, 0) + freq
+            where.setdefault(pair, set()).add(w)
+    heap = [(-c, pair) for pair, c in counts.items()]  # heapq is a min-heap, so counts go in negated
+    heapq.heapify(heap)
+    merges: list[tuple[int, int]] = []
+    while len(merges) < n_merges:
+        while heap and counts.get(heap[0][1], 0) != -heap[0][0]:
+            heapq.heappop(heap)  # a stale entry: this pair's count has changed since it was pushed
+        if not heap:
+            raise ValueError(f"the text supports only {256 + len(merges) + len(special_tokens)} tokens (no pair is left to "
+                             f"merge), fewer than vocab_size={256 + n_merges + len(special_tokens)}: use a smaller "
+                             "vocab size or more text")
+        _, pair = heapq.heappop(heap)  # the most frequent pair; ties go to the smallest
+        new_id = 256 + len(merges)
+        merges.append(pair)
+        delta: dict[tuple[int, int], int] = {}  # how this merge changes each pair's count
+        for w in where.pop(pair):
+            ids, freq = words[w], freqs[w]
+            merged = merge_pair(ids, pair, new_id)
+            if len(merged) == len(ids):
+                continue  # an earlier merge already took this pair apart in this word
+            pair_counts(ids, -freq, delta)  # the word's pairs before the merge go out ...
+            pair_counts(merged, freq, delta)  # ... and its pairs after the merge come in
+            for p in zip(merged, merged[1:]):
+                if new_id in p:  # every other pair was already in this word, and in `where`
+                    where.setdefault(p, set()).add(w)
+            words[w] = merged
+        for p, d in delta.items():
+            if d:
+                counts[p] = counts.get(p, 0) + d
+                if counts[p] > 0:
+                    heapq.heappush(heap, (-counts[p], p))
+                else:
+                    del counts[p]
+    return merges
+
+
+def bpe_encode_chunk(chunk: str, ranks: dict[tuple[int, int], int]) -> list[int]:
+    """Apply the merges to one chunk, always the one learned first (lowest rank) next, as training did."""
+    ids = list(chunk.encode("utf-8"))
+    while len(ids) >= 2:
+        pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, math.inf))
+        if pair not in ranks:
+            break  # nothing left to merge
+        ids = merge_pair(ids, pair, ranks[pair])
+    return ids
+
+
+def bpe_merges_wanted(vocab_size: int, special_tokens: list[str]) -> int:
+    """How many merges a BPE vocabulary of vocab_size has room for, after the 256 bytes and the special tokens."""
+    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (256 byte tokens + "
+                         f"{len(special_tokens)} special tokens), got {vocab_size}: use a larger vocab size")
+    return vocab_size - 256 - len(special_tokens)
+
+
 class BPETokenizer(Tokenizer):
     """Byte-level byte-pair encoding (BPE), as in GPT-2, written from scratch.
 
@@ -337,119 +423,40 @@ class BPETokenizer(Tokenizer):
                  pattern: str = SPLIT_PATTERN):
         self.merges = [tuple(m) for m in merges]
         self.ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}  # pair -> its new id
-        self.pattern = pattern
-        self.regex = re.compile(pattern)
+        self.pattern, self.regex = pattern, re.compile(pattern)
         self.vocab = [bytes([i]) for i in range(256)]
         for a, b in self.merges:
             self.vocab.append(self.vocab[a] + self.vocab[b])
         self.special_tokens = dict(special_tokens or {})  # text -> id
-        self.special_regex = (
-            re.compile("(" + "|".join(re.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True)) + ")")
-            if self.special_tokens else None
-        )
-        self.cache: dict[str, list[int]] = {}
+        specials = sorted(self.special_tokens, key=len, reverse=True)  # the longest match first
+        self.special_regex = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+        self.cache: dict[str, list[int]] = {}  # chunk -> ids: most chunks are words that recur
 
     @classmethod
     def train(cls, text: str, vocab_size: int, special_tokens: Sequence[str] = (),
               pattern: str = SPLIT_PATTERN) -> "BPETokenizer":
-        """Learn `vocab_size - 256 - len(special_tokens)` merges from `text`.
-
-        The textbook loop recounts every pair in the whole text after each merge: O(merges x text).
-        Three ideas make this one fast while learning exactly the same merges:
-          1. Identical chunks are counted once, with their frequency: Shakespeare's 300k chunks are
-             only 15k distinct words.
-          2. `where` remembers which words hold each pair, so a merge visits only those words, and
-             the pair counts are corrected by the difference the merge made there.
-          3. A heap hands out the most frequent pair without scanning all the counts.
-        Ties go to the smallest pair (by ids), so training is deterministic.
-        """
+        """Learn `vocab_size - 256 - len(special_tokens)` merges from `text` (with learn_merges)."""
         special_tokens = list(special_tokens)
-        if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
-            raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
-        n_merges = vocab_size - 256 - len(special_tokens)
-        if n_merges < 0:
-            raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (256 byte tokens + "
-                             f"{len(special_tokens)} special tokens), got {vocab_size}: use a larger vocab size")
-        # Special tokens are cut out of the text first, so no merge ever learns a piece of one.
-        longest_first = sorted(special_tokens, key=len, reverse=True)
-        parts = re.split("|".join(map(re.escape, longest_first)), text) if special_tokens else [text]
-        chunk_counts: dict[str, int] = {}
-        for part in parts:
-            for chunk in re.findall(pattern, part):
-                chunk_counts[chunk] = chunk_counts.get(chunk, 0) + 1
-        words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]  # each distinct chunk, as ids
-        freqs = list(chunk_counts.values())  # how often each one occurs in the text
-        counts: dict[tuple[int, int], int] = {}  # pair -> its number of occurrences in the text
-        where: dict[tuple[int, int], set[int]] = {}  # pair -> the words it occurs in (and maybe a few more)
-        for w, (ids, freq) in enumerate(zip(words, freqs)):
-            for pair in zip(ids, ids[1:]):
-                counts[pair] = counts.get(pair, 0) + freq
-                where.setdefault(pair, set()).add(w)
-        heap = [(-c, pair) for pair, c in counts.items()]  # heapq is a min-heap, so counts go in negated
-        heapq.heapify(heap)
-        merges: list[tuple[int, int]] = []
-        while len(merges) < n_merges:
-            while heap and counts.get(heap[0][1], 0) != -heap[0][0]:
-                heapq.heappop(heap)  # a stale entry: this pair's count has changed since it was pushed
-            if not heap:
-                raise ValueError(
-                    f"the text supports only {256 + len(merges) + len(special_tokens)} tokens (no pair is left "
-                    f"to merge), fewer than vocab_size={vocab_size}: use a smaller vocab size or more text"
-                )
-            _, pair = heapq.heappop(heap)
-            new_id = 256 + len(merges)
-            merges.append(pair)
-            delta: dict[tuple[int, int], int] = {}  # how this merge changes each pair's count
-            for w in where.pop(pair):
-                ids, freq = words[w], freqs[w]
-                merged = merge_pair(ids, pair, new_id)
-                if len(merged) == len(ids):
-                    continue  # an earlier merge already took this pair apart in this word
-                for p in zip(ids, ids[1:]):  # the word's pairs before the merge go out ...
-                    delta[p] = delta.get(p, 0) - freq
-                for p in zip(merged, merged[1:]):  # ... and its pairs after the merge come in
-                    delta[p] = delta.get(p, 0) + freq
-                    if new_id in p:  # every other pair was already in this word, and in `where`
-                        where.setdefault(p, set()).add(w)
-                words[w] = merged
-            for p, d in delta.items():
-                if d:
-                    counts[p] = counts.get(p, 0) + d
-                    if counts[p] > 0:
-                        heapq.heappush(heap, (-counts[p], p))
-                    else:
-                        del counts[p]
-        n = 256 + len(merges)
-        return cls(merges, {s: n + i for i, s in enumerate(special_tokens)}, pattern)
+        n_merges = bpe_merges_wanted(vocab_size, special_tokens)
+        merges = learn_merges(text, n_merges, special_tokens, pattern)
+        return cls(merges, {s: 256 + len(merges) + i for i, s in enumerate(special_tokens)}, pattern)
 
     @property
     def vocab_size(self) -> int:
         return 256 + len(self.merges) + len(self.special_tokens)
 
-    def _encode_chunk(self, chunk: str) -> list[int]:
-        """Apply the merges to one chunk, always the one learned first (lowest rank) next."""
-        if chunk in self.cache:
-            return self.cache[chunk]
-        ids = list(chunk.encode("utf-8"))
-        while len(ids) >= 2:
-            pair = min(zip(ids, ids[1:]), key=lambda p: self.ranks.get(p, math.inf))
-            if pair not in self.ranks:
-                break  # nothing left to merge
-            ids = merge_pair(ids, pair, self.ranks[pair])
-        if len(self.cache) < 100_000:
-            self.cache[chunk] = ids
-        return ids
-
     def encode(self, text: str) -> list[int]:
-        """Token ids for `text`: special tokens whole, everything else chunk by chunk through the merges."""
-        parts = self.special_regex.split(text) if self.special_regex else [text]
+        """Token ids for `text`: special tokens whole, every other chunk through the merges."""
         ids: list[int] = []
-        for part in parts:
+        for part in self.special_regex.split(text) if self.special_regex else [text]:
             if part in self.special_tokens:
                 ids.append(self.special_tokens[part])
-            else:
-                for chunk in self.regex.findall(part):
-                    ids.extend(self._encode_chunk(chunk))
+                continue
+            for chunk in self.regex.findall(part):
+                chunk_ids = self.cache.get(chunk) or bpe_encode_chunk(chunk, self.ranks)
+                if len(self.cache) < 100_000:  # bounded, whatever text comes in
+                    self.cache[chunk] = chunk_ids
+                ids.extend(chunk_ids)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -463,62 +470,14 @@ class BPETokenizer(Tokenizer):
                 "special_tokens": self.special_tokens}
 
 
-def tokenizer_from_dict(data: dict) -> Tokenizer:
-    """Rebuild a tokenizer from its saved form, checking it as untrusted data.
+def tokenizer_of(data: dict) -> Tokenizer:
+    """The tokenizer that a saved dict (`to_dict`, or a tokenizer file's JSON) describes.
 
-    A tokenizer file may come from anyone, so it is read as plain JSON (never executed) and every
-    field is checked: a bad id caught here would otherwise surface much later as a wrong token or an
-    IndexError deep inside encode or the model.
+    It trusts its input: files from elsewhere go through `load_tokenizer` (Part II), which checks them.
     """
-    if not isinstance(data, dict) or data.get("type") not in ("char", "bpe"):
-        raise ValueError("not a tinyllm tokenizer (expected a 'type' of 'char' or 'bpe')")
-    if data.get("version", TOKENIZER_VERSION) != TOKENIZER_VERSION:
-        raise ValueError(f"tokenizer format version {data.get('version')!r}; this tinyllm reads version "
-                         f"{TOKENIZER_VERSION}: use the tinyllm release that wrote it, or train a new tokenizer")
     if data["type"] == "char":
-        chars = data.get("chars")
-        if not isinstance(chars, str) or not chars or list(chars) != sorted(set(chars)):
-            raise ValueError("malformed char tokenizer: 'chars' must be a non-empty string of distinct, sorted characters")
-        return CharTokenizer(chars)
-    merges, specials, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern", SPLIT_PATTERN)
-    if not isinstance(merges, list) or not isinstance(specials, dict) or not isinstance(pattern, str):
-        raise ValueError("malformed BPE tokenizer: 'merges' must be a list, 'special_tokens' a dict and 'pattern' a string")
-    seen: set[tuple[int, int]] = set()
-    for i, m in enumerate(merges):
-        # Merge i makes id 256 + i, so it can only join ids that already exist: bytes or earlier merges.
-        ok = isinstance(m, list) and len(m) == 2 and all(type(x) is int and 0 <= x < 256 + i for x in m)
-        if not ok:
-            raise ValueError(f"malformed BPE tokenizer: merge {i} is {m!r}, expected two ids below {256 + i}")
-        if tuple(m) in seen:
-            raise ValueError(f"malformed BPE tokenizer: merge {i} {m!r} repeats an earlier merge")
-        seen.add(tuple(m))
-    n = 256 + len(merges)
-    ids = list(specials.values())
-    if (not all(type(i) is int for i in ids) or sorted(ids) != list(range(n, n + len(ids)))
-            or not all(s for s in specials)):
-        raise ValueError(f"malformed BPE tokenizer: special tokens must be non-empty strings with the ids "
-                         f"{n}..{n + len(specials) - 1}, one each")
-    try:
-        re.compile(pattern)
-    except (re.error, OverflowError, RecursionError) as e:  # e.g. "a{99999999999}", or deeply nested groups
-        raise ValueError(f"malformed BPE tokenizer: bad split pattern ({e})") from None
-    return BPETokenizer([tuple(m) for m in merges], specials, pattern)
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer saved with `.save(path)`, whichever kind it is."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {path}: give the path of a JSON file written by Tokenizer.save")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurdly nested JSON
-        raise ValueError(f"{path} is not a tokenizer file (not valid JSON: {e})") from None
-    if not isinstance(data, dict) or data.get("format") != TOKENIZER_FORMAT:
-        raise ValueError(f"{path} is not a tinyllm tokenizer file (no \"format\": \"{TOKENIZER_FORMAT}\" in it)")
-    if "version" not in data:
-        raise ValueError(f"{path} has no format version: it was not written by Tokenizer.save")
-    return tokenizer_from_dict(data)
+        return CharTokenizer(data["chars"])
+    return BPETokenizer([tuple(m) for m in data["merges"]], data.get("special_tokens"), data.get("pattern", SPLIT_PATTERN))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -687,8 +646,8 @@ class CausalSelfAttention(nn.Module):
         self.by_hand = False
         self.weights: Optional[torch.Tensor] = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Optional["KVCache"] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). `cache` is a KVCache (section 12) during fast generation, else None."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
@@ -760,8 +719,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Optional["KVCache"] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.norm1(x), cos, sin, cache))
         x = x + self.dropout(self.mlp(self.norm2(x)))
         return x
@@ -782,16 +740,18 @@ PRESETS: dict[str, dict[str, dict]] = {
     # The most model that ~100 s on 2 CPU cores can train (see bench/README.md for how it was chosen).
     "cpu": {
         # Context 64 (twice the steps/s of 128), 3 wide layers, lr 2e-3, no weight decay: the winners of the
-        # experiments in bench/README.md ("Training on CPU").
+        # experiments in bench/README.md ("Training on CPU"). It sees the text ~1.6 times: no dropout needed.
         "model": dict(n_layer=3, n_head=4, d_model=128, d_ff=384, block_size=64),
         "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50, weight_decay=0.0, max_steps=100_000,
                       max_time=100.0, eval_interval=250, eval_windows=32, log_interval=100),
     },
-    # The GPU default: ~8.9M parameters with a 65-character vocabulary, context 256.
+    # The GPU default: ~8.9M parameters with a 65-character vocabulary, context 256. It memorises
+    # TinyShakespeare fast: without dropout, validation loss turns up after ~500 steps (1.51 -> 3.90 at
+    # step 3000). Dropout 0.2 and 1,000 steps gave the best validation loss (bench/dropout_9m.py).
     "9m": {
-        "model": dict(n_layer=6, n_head=6, d_model=384, d_ff=768, block_size=256),
-        "train": dict(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=3000, max_time=540.0,
-                      eval_interval=250, eval_windows=100, log_interval=50),
+        "model": dict(n_layer=6, n_head=6, d_model=384, d_ff=768, block_size=256, dropout=0.2),
+        "train": dict(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=1000, max_time=540.0,
+                      eval_interval=100, eval_windows=100, log_interval=50),
     },
 }
 
@@ -857,11 +817,11 @@ class TinyLLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                cache: Optional[list["KVCache"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                cache: Optional[list] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Logits (B, T, vocab_size) for token ids idx (B, T), and the cross-entropy loss if targets are given.
 
-        With a `cache` (one KVCache per block), idx holds only the new tokens and positions continue
-        from what the cache has already seen.
+        With a `cache` (one KV cache per block, section 12), idx holds only the new tokens and
+        positions continue from what the cache has already seen.
         """
         B, T = idx.shape
         start = cache[0].seen if cache else 0
@@ -880,32 +840,6 @@ class TinyLLM(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
-
-    def new_cache(self, batch_size: int) -> list["KVCache"]:
-        """An empty KV cache for generation: one per block, each with room for block_size tokens."""
-        p = self.embed.weight
-        cfg = self.config
-        return [KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.d_model // cfg.n_head, p.device, p.dtype)
-                for _ in self.blocks]
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stop_token: Optional[int] = None, use_cache: bool = True,
-                 on_token: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-        """Continue the token ids idx (B, T) by up to max_new_tokens; returns (B, T + n).
-
-        Sampling is done by `generate_tokens` (section 11); `on_token` is called with each new token
-        of the first row as it comes (streaming), and generation stops early at `stop_token`.
-        """
-        out = [idx]
-        for token in generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-            out.append(token)
-            if on_token is not None:
-                on_token(int(token[0, 0]))
-            if stop_token is not None and bool((token == stop_token).all()):
-                break
-        return torch.cat(out, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -957,20 +891,16 @@ class TrainConfig:
         return cls(**{**check_preset(name)["train"], **overrides})
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
 def get_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of the token stream: inputs x and targets y = x shifted by one, each (B, T)."""
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    idx = starts[:, None] + torch.arange(block_size + 1)  # (B, T + 1)
-    chunk = data[idx]
-    x, y = chunk[:, :-1], chunk[:, 1:]
-    if device.type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+    chunk = data[starts[:, None] + torch.arange(block_size + 1)]  # (B, T + 1), contiguous
+    if device.type == "cuda":  # pinned memory lets the copy run while the GPU is still busy
+        chunk = chunk.pin_memory().to(device, non_blocking=True)
+    else:
+        chunk = chunk.to(device)
+    return chunk[:, :-1], chunk[:, 1:]  # x, y: two views of the one copy
 
 
 def lr_at(step: int, progress: float, config: TrainConfig) -> float:
@@ -999,12 +929,25 @@ def choose_precision(device: torch.device, dtype: str = "auto") -> Optional[torc
     """
     if dtype not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"unknown dtype {dtype!r}: use auto, fp32, bf16 or fp16")
+    major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else None
     if dtype == "auto":
-        if device.type != "cuda":
-            return None
-        major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
+        return None if major is None else torch.bfloat16 if major >= 8 else torch.float16
+    if dtype == "bf16" and major is not None and major < 8:
+        print(f"warning: bf16 on a GPU of compute capability {major}.x is emulated and slow: use --dtype fp16",
+              file=sys.stderr)
+    if dtype == "fp16" and device.type == "mps":
+        raise ValueError("fp16 training on MPS needs a gradient scaler that MPS does not support in every "
+                         "PyTorch release: use --dtype bf16 or fp32 there")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+
+
+def autocast_for(device: torch.device, dtype: Optional[torch.dtype]):
+    """Mixed precision where asked: autocast runs matmuls in bf16/fp16 and keeps the rest in float32.
+
+    With no dtype, a null context: nothing to switch off, and nothing to trip over on devices or
+    PyTorch versions where autocast has gaps.
+    """
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -1013,7 +956,8 @@ def evaluate(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: 
     """Mean next-token loss (nats) over non-overlapping windows of `data`, starting at its first token.
 
     With max_windows, an evenly spaced subset of those windows (cheaper, for evaluations during
-    training). Deterministic: the same model always gets the same number.
+    training). Deterministic: the same model always gets the same number. model.eval() switches
+    dropout off while measuring; model.train() switches it back on.
     """
     was_training = model.training
     model.eval()
@@ -1029,7 +973,7 @@ def evaluate(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: 
     for i in range(0, len(starts), batch_size):
         idx = starts[i:i + batch_size, None] + torch.arange(T + 1)  # (b, T + 1)
         chunk = data[idx].to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast_for(device, autocast_dtype):
             _, loss = model(chunk[:, :-1], chunk[:, 1:])
         total += loss.item() * idx.numel()
         count += idx.numel()
@@ -1042,210 +986,140 @@ def bits_per_char(loss: float, chars_per_token: float = 1.0) -> float:
     return loss / math.log(2) / chars_per_token
 
 
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a torch.distributed run (only rank 0 logs and saves)."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+def forward_backward(model: nn.Module, scaler: torch.amp.GradScaler, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                     amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Forward and backward over one or more micro-batches (x, y); returns their mean loss.
+
+    Several micro-batches are gradient accumulation: each backward adds to .grad, so the update sees
+    the gradient of the mean loss over all of them, a batch too big to fit in memory at once.
+    With fp16 the scaler multiplies the loss before backward, so that small gradients do not round
+    to zero; with bf16 or float32 it does nothing.
+    """
+    losses = []
+    for x, y in batches:
+        with autocast_for(x.device, amp_dtype):
+            _, loss = model(x, y)
+        scaler.scale(loss / len(batches)).backward()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, lr: float,
+                   grad_clip: float = 1.0) -> None:
+    """Clip the gradients, update the weights at learning rate lr, and clear the gradients."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    scaler.unscale_(optimizer)  # so that clipping sees the true gradients
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)  # one bad batch cannot wreck the weights
+    scaler.step(optimizer)  # with fp16, skipped if a gradient overflowed (the scaler then lowers its scale)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               batches: Sequence[tuple[torch.Tensor, torch.Tensor]], lr: float,
+               amp_dtype: Optional[torch.dtype] = None, grad_clip: float = 1.0) -> float:
+    """One training step: gradients of the loss, a check, then the update. Returns the loss."""
+    loss = forward_backward(model, scaler, batches, amp_dtype).item()
+    if not math.isfinite(loss):  # stop before a NaN or an infinity can reach the weights
+        raise FloatingPointError(f"the loss became {loss}")
+    optimizer_step(model, optimizer, scaler, lr, grad_clip)
+    return loss
+
+
+@dataclass
+class TrainState:
+    """Where a run stands. With the weights, the optimizer and the RNGs, enough to carry on exactly."""
+
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training so far
+    best_val: float = math.inf
+    history: list[dict] = field(default_factory=list)  # one row per evaluation
+    recent_losses: list[float] = field(default_factory=list)  # training losses since the last evaluation
+
+    def progress(self, config: TrainConfig) -> float:
+        """How far through the budget, 0 -> 1: steps or seconds, whichever is further along."""
+        return max(self.step / config.max_steps, self.elapsed / config.max_time if config.max_time else 0.0)
+
+    def finished(self, config: TrainConfig) -> bool:
+        return self.step >= config.max_steps or bool(config.max_time and self.elapsed >= config.max_time)
+
+
+def record_evaluation(state: TrainState, config: TrainConfig, val_loss: float, lr: float, block_size: int,
+                      world: int = 1) -> dict:
+    """Add a row to the history: the mean training loss since the last row, val_loss, lr, time, tokens seen."""
+    train_loss = sum(state.recent_losses) / max(len(state.recent_losses), 1)
+    row = {"step": state.step, "tokens": state.step * config.batch_size * config.grad_accum * block_size * world,
+           "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": round(state.elapsed, 2),
+           "train_bpc": bits_per_char(train_loss, config.chars_per_token),
+           "val_bpc": bits_per_char(val_loss, config.chars_per_token)}
+    state.history.append(row)
+    state.recent_losses = []
+    state.best_val = min(state.best_val, val_loss)
+    return row
+
+
+def log_line(row: dict) -> str:
+    """One printed line per evaluation (a row) or per log_interval (a row without val_loss)."""
+    val = f" | val {row['val_loss']:.4f} ({row['val_bpc']:.3f} bits/char)" if "val_loss" in row else ""
+    return f"step {row['step']:>6} | train {row['train_loss']:.4f}{val} | lr {row['lr']:.2e} | {row['seconds']:6.1f}s"
 
 
 def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequence[int] | torch.Tensor,
-          config: TrainConfig, tokenizer: Optional[Tokenizer] = None, state: Optional[dict] = None,
-          meta: Optional[dict] = None) -> list[dict]:
-    """Train `model` in place and return the history: one dict per evaluation.
+          config: TrainConfig) -> list[dict]:
+    """Train `model` in place; return the history, one row (a dict) per evaluation.
 
-    With config.out_dir set, writes out_dir/last.pt (periodically and at the end, for resuming) and
-    out_dir/best.pt (best validation loss). Pass `state`, a checkpoint from `load_checkpoint`, to
-    resume a run exactly where it stopped: step, LR schedule, optimizer moments and data RNG.
-    Ctrl-C stops at the end of the current step, saves last.pt and raises KeyboardInterrupt.
-    Under torchrun, each rank trains on its own batches and gradients are averaged (DDP).
+    Stops after config.max_steps or config.max_time seconds. Interrupting it (Ctrl-C, or the stop
+    button of a notebook) ends training early and still returns the history so far. The command
+    line's runs use `fit` (Part II), the same steps plus checkpoints, resume and several GPUs.
     """
-    cfg, device = model.config, pick_device(config.device)
-    train_data = torch.as_tensor(train_ids, dtype=torch.long)
-    val_data = torch.as_tensor(val_ids, dtype=torch.long)
-    if len(train_data) <= cfg.block_size + 1:
-        raise ValueError(f"the training text has {len(train_data)} tokens, too few for one window of "
-                         f"{cfg.block_size}: use more text or a smaller block size")
-    if len(val_data) < 2:
-        raise ValueError("the validation split has fewer than 2 tokens: use more text")
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
-    world = torch.distributed.get_world_size() if distributed else 1
-    main = rank == 0
+    device, cfg = pick_device(config.device), model.config
     amp_dtype = choose_precision(device, config.dtype)
+    train_data, val_data = torch.as_tensor(train_ids, dtype=torch.long), torch.as_tensor(val_ids, dtype=torch.long)
     model.to(device).train()
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    generator = torch.Generator().manual_seed(config.seed + rank)
-    step, history, best_val, elapsed = 0, [], math.inf, 0.0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if len(state["rng"]["data"]) == world:
-            generator.set_state(state["rng"]["data"][rank].cpu())
-        else:  # resumed on another number of processes: new batch streams, not a replay of the first ones
-            generator.manual_seed(config.seed + 1000 * state["step"] + rank)
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        step, history, best_val, elapsed = state["step"], list(state["history"]), state["best_val"], state["elapsed"]
-    out_dir = Path(config.out_dir) if config.out_dir and main else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(out_dir)
-    net: nn.Module = model
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)  # compile the DDP-wrapped model, the order PyTorch recommends
-
-    def from_rank0(value: float) -> float:
-        """Rank 0's value on every rank (its clock and its validation loss decide for all)."""
-        if not distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        torch.distributed.broadcast(t, 0)
-        return t.item()
-
-    saved = [state["step"]] if state is not None and out_dir is not None else []  # steps of last.pt saves
-
-    def diverged(what: str, at_step: int) -> TrainingDiverged:
-        """The error for a NaN or infinity: where, at which learning rate, and what is left to resume from."""
-        kept = (f"{out_dir / 'last.pt'} (step {saved[-1]}) is kept, the last good checkpoint" if saved
-                else "no checkpoint had been saved yet")
-        return TrainingDiverged(f"{what} at step {at_step} (learning rate {lr:.2e}): lower --lr, or train in "
-                                f"fp32; {kept}")
-
-    def save(name: str, done: bool) -> None:
-        # The loss is checked before each update, so an update that broke the weights shows only at
-        # the next step: check them here, or "the last good checkpoint" could hold NaNs.
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise diverged("the weights became NaN or infinite", step)
-        rng_data = [generator.get_state()]
-        if distributed:  # every rank's data RNG, so that each resumes its own stream of batches
-            rng_data = [None] * world
-            torch.distributed.all_gather_object(rng_data, generator.get_state())
-        if out_dir is not None:
-            save_checkpoint(out_dir / name, model, tokenizer, optimizer=optimizer, scaler=scaler, step=step,
-                            history=history, train_config=config, best_val=best_val, elapsed=elapsed, done=done,
-                            rng={"data": rng_data, "torch": torch.get_rng_state()}, meta=meta,
-                            recent_losses=list(losses))  # the next history row averages these too
-            if name == "last.pt":
-                saved.append(step)
-
-    def is_finished() -> bool:
-        return bool(from_rank0(float(step >= config.max_steps or (timed and elapsed >= config.max_time))))
-
-    interrupted = []
-
-    def on_sigint(signum, frame):
-        if interrupted:  # a second Ctrl-C: stop right now
-            raise KeyboardInterrupt
-        interrupted.append(True)
-
-    use_signal = threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if use_signal else None
-    timed = bool(config.max_time)
-    bar = tqdm(total=int(config.max_time) if timed else config.max_steps, initial=int(elapsed) if timed else step,
-               unit="s" if timed else "step", disable=not (config.progress and main), desc="training",
-               dynamic_ncols=True, leave=False,  # a time budget shows seconds done, not a rate of seconds
-               bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]" if timed else None)
-    t0 = time.perf_counter() - elapsed
-    losses: list[float] = list(state.get("recent_losses") or []) if state is not None else []
-    last, stopping = is_finished(), False  # stopping: rank 0 saw Ctrl-C, so every rank stops
+    generator = torch.Generator().manual_seed(config.seed)
+    state, t0 = TrainState(), time.perf_counter()
     try:
-        while not last:
-            lr = lr_at(step, max(step / config.max_steps, elapsed / config.max_time if timed else 0.0), config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(config.grad_accum):
-                x, y = get_batch(train_data, config.batch_size, cfg.block_size, generator, device)
-                sync = micro == config.grad_accum - 1  # DDP: average gradients only after the last micro-batch
-                with (net.no_sync() if distributed and not sync else contextlib.nullcontext()):
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        _, loss = net(x, y)
-                    scaler.scale(loss / config.grad_accum).backward()  # gradients of the mean over micro-batches
-                loss_sum += loss.detach()
-            if distributed:  # the mean over all ranks, so that every rank logs it and stops on a NaN alike
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= world
-            loss_value = loss_sum.item() / config.grad_accum
-            if not math.isfinite(loss_value):
-                raise diverged(f"the loss became {loss_value}", step + 1)
-            scaler.unscale_(optimizer)  # so that clipping sees the true gradients
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            elapsed = time.perf_counter() - t0
-            losses.append(loss_value)
-            bar.update(int(elapsed) - bar.n if timed else 1)
-            bar.set_postfix(step=step, loss=f"{loss_value:.3f}", refresh=False)  # drawn by update(), not twice
-            finished = is_finished()  # a Ctrl-C in the very last step just lets the run end normally
-            stopping = not finished and bool(from_rank0(float(bool(interrupted))))
-            last = finished or stopping
-            evaluating = step % config.eval_interval == 0 or (last and not stopping)
-            if evaluating:
-                val_loss = evaluate(model, val_data, cfg.block_size, 64, None if last else config.eval_windows,
-                                    amp_dtype) if main else 0.0
-                val_loss = from_rank0(val_loss)
-                train_loss = sum(losses) / len(losses)  # the mean since the last evaluation
-                row = {"step": step, "tokens": step * config.batch_size * config.grad_accum * cfg.block_size * world,
-                       "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": round(elapsed, 2),
-                       "train_bpc": bits_per_char(train_loss, config.chars_per_token),
-                       "val_bpc": bits_per_char(val_loss, config.chars_per_token)}
-                history.append(row)
-                losses = []
-                if main and config.progress:
-                    tqdm.write(f"step {step:>6} | train {row['train_loss']:.4f} | val {val_loss:.4f} "
-                               f"({row['val_bpc']:.3f} bits/char) | lr {lr:.2e} | {elapsed:6.1f}s")
-                if val_loss < best_val:
-                    best_val = val_loss
-                    save("best.pt", done=last and not stopping)
-            elif main and config.progress and step % config.log_interval == 0:
-                tqdm.write(f"step {step:>6} | train {loss_value:.4f} | lr {lr:.2e} | {elapsed:6.1f}s")
-            if last or evaluating or (config.ckpt_interval and step % config.ckpt_interval == 0):
-                save("last.pt", done=last and not stopping)
-            # Evaluating and saving count against max_time too; rank 0's clock sets every rank's LR.
-            elapsed = from_rank0(time.perf_counter() - t0)
-    finally:
-        bar.close()
-        if use_signal:
-            signal.signal(signal.SIGINT, old_handler)
-    if stopping:
-        raise KeyboardInterrupt(f"stopped at step {step}; last.pt saved")
-    return history
-
-
-def remove_stale_temp_files(directory: Path) -> None:
-    """Delete temporary files left by a write that was cut short (a crash between write and rename)."""
-    for tmp in Path(directory).glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        while not state.finished(config):
+            lr = lr_at(state.step, state.progress(config), config)
+            batches = [get_batch(train_data, config.batch_size, cfg.block_size, generator, device)
+                       for _ in range(config.grad_accum)]
+            loss = train_step(model, optimizer, scaler, batches, lr, amp_dtype, config.grad_clip)
+            state.step, state.elapsed = state.step + 1, time.perf_counter() - t0
+            state.recent_losses.append(loss)
+            done = state.finished(config)
+            if state.step % config.eval_interval == 0 or done:  # the last evaluation uses the whole split
+                val_loss = evaluate(model, val_data, cfg.block_size, 64, None if done else config.eval_windows, amp_dtype)
+                row = record_evaluation(state, config, val_loss, lr, cfg.block_size)
+                if config.progress:
+                    print(log_line(row))
+            elif config.progress and state.step % config.log_interval == 0:
+                print(log_line({"step": state.step, "train_loss": loss, "lr": lr, "seconds": state.elapsed}))
+    except KeyboardInterrupt:
+        print(f"interrupted at step {state.step}: training stopped; the history so far is kept")
+    return state.history
 
 
 # ----------------------------------------------------------------------------------------------
 # 10. Training it
 # ----------------------------------------------------------------------------------------------
-# The command line (section 14) and the notebook put the pieces together: load text, build a
-# tokenizer, encode, split, build the model, and call train().
+
+def prepare_data(text: str, tokenizer: Tokenizer) -> tuple[list[int], list[int], float]:
+    """Split a corpus and encode both parts; also returns the validation split's characters per token.
+
+    Characters per token turn a loss per token into bits per character, the unit in which a char
+    model and a BPE model can be compared fairly.
+    """
+    train_text, val_text = split_train_val(text)
+    val_ids = tokenizer.encode(val_text)
+    return tokenizer.encode(train_text), val_ids, len(val_text) / max(len(val_ids), 1)
 
 
 # ----------------------------------------------------------------------------------------------
 # 11. Sampling
 # ----------------------------------------------------------------------------------------------
-
-def check_sampling_args(temperature: float, top_k: Optional[int], top_p: Optional[float],
-                        max_new_tokens: int = 0) -> None:
-    """Reject settings that would silently do something odd."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-
 
 def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -1255,6 +1129,12 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional
     cut to the top_k most likely tokens and/or to the smallest set whose probability reaches top_p
     (nucleus sampling), and sampled from.
     """
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -1272,35 +1152,119 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional
 
 
 @torch.no_grad()
+def generate_simple(model: TinyLLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None,
+                    seed: Optional[int] = None) -> Iterator[torch.Tensor]:
+    """Yield new tokens (B, 1) one at a time, continuing idx (B, T): the plain way.
+
+    Every step runs the model over the last block_size tokens and samples from the logits of the
+    last position, though only that one position is new. Section 12 removes the waste.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    was_training = model.training
+    model.eval()  # no dropout while generating
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    idx = idx.to(device)
+    try:
+        for _ in range(max_new_tokens):
+            logits, _ = model(idx[:, -model.config.block_size:])  # (B, T, vocab_size)
+            token = sample_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            idx = torch.cat([idx, token], dim=1)[:, -model.config.block_size:]  # the window slides
+            yield token
+    finally:
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------
+# 12. The KV cache
+# ----------------------------------------------------------------------------------------------
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, so each new token costs one step.
+
+    It holds block_size slots. Once full, a new token overwrites the oldest slot (a ring buffer), so
+    the model keeps attending to exactly the last block_size tokens. With RoPE nothing needs
+    recomputing when the window slides: keys carry their absolute rotations, and a query's dot product
+    with them depends only on the distance between the two. (Unlike re-running the model on the
+    cropped window, the remembered keys and values still reflect the earlier context they were
+    computed in, as in sliding-window attention; a single query attends to a set of keys, so their
+    order in the buffer does not matter.)
+    """
+
+    def __init__(self, batch_size: int, n_head: int, size: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.k = torch.zeros(batch_size, n_head, size, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.seen = 0  # tokens added so far (their positions are 0 .. seen - 1)
+
+    def add(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys and values (B, H, T, D); return everything remembered, (B, H, S, D)."""
+        T, size = k.size(2), self.k.size(2)
+        if T > 1 and (self.seen > 0 or T > size):
+            raise ValueError("a KVCache takes a prompt of at most block_size tokens first, then one token at a time")
+        slot = self.seen % size
+        self.k[:, :, slot:slot + T] = k
+        self.v[:, :, slot:slot + T] = v
+        self.seen += T
+        n = min(self.seen, size)
+        return self.k[:, :, :n], self.v[:, :, :n]
+
+
+def new_cache(model: TinyLLM, batch_size: int) -> list[KVCache]:
+    """An empty KV cache for generation: one per block, each with room for block_size tokens."""
+    p, cfg = model.embed.weight, model.config
+    return [KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.d_model // cfg.n_head, p.device, p.dtype)
+            for _ in model.blocks]
+
+
+@torch.no_grad()
 def generate_tokens(model: TinyLLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
                     use_cache: bool = True) -> Iterator[torch.Tensor]:
-    """Yield new tokens (B, 1) one at a time, continuing idx (B, T).
+    """Yield new tokens (B, 1) one at a time, continuing idx (B, T): the fast way, with a KV cache.
 
-    Without the cache, every step runs the model over the last block_size tokens. With it, the
-    prompt is run once and each later step feeds only the newest token, reusing the keys and values
-    the cache keeps. A prompt longer than the context is cropped to its last block_size tokens.
+    The prompt (cropped to its last block_size tokens) is run once; each later step feeds only the
+    newest token and reuses the keys and values the cache keeps. use_cache=False is generate_simple.
     """
-    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    if not use_cache:
+        yield from generate_simple(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
+        return
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    idx = idx.to(device)[:, -model.config.block_size:]
-    cache = model.new_cache(idx.size(0)) if use_cache else None
+    idx = idx.to(device)[:, -model.config.block_size:]  # the prompt, all at once
+    cache = new_cache(model, idx.size(0))
     try:
         for _ in range(max_new_tokens):
-            if cache is None:
-                logits, _ = model(idx[:, -model.config.block_size:])
-            elif cache[0].seen == 0:
-                logits, _ = model(idx, cache=cache)  # the prompt, all at once
-            else:
-                logits, _ = model(idx[:, -1:], cache=cache)  # just the newest token
-            token = sample_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, token], dim=1)[:, -model.config.block_size:]
-            yield token
+            logits, _ = model(idx, cache=cache)
+            idx = sample_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1): next input
+            yield idx
     finally:
         model.train(was_training)
+
+
+def generate(model: TinyLLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+             stop_token: Optional[int] = None, use_cache: bool = True,
+             on_token: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+    """Continue the token ids idx (B, T) by up to max_new_tokens; returns (B, T + n).
+
+    `on_token` is called with each new token of the first row as it comes (streaming), and
+    generation stops early once every row has produced `stop_token`.
+    """
+    out = [idx]
+    for token in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+        out.append(token.to(idx.device))
+        if on_token is not None:
+            on_token(int(token[0, 0]))
+        if stop_token is not None and bool((token == stop_token).all()):
+            break
+    return torch.cat(out, dim=1)
 
 
 def complete(model: TinyLLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 500,
@@ -1344,41 +1308,6 @@ def complete(model: TinyLLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: 
 
 
 # ----------------------------------------------------------------------------------------------
-# 12. The KV cache
-# ----------------------------------------------------------------------------------------------
-
-class KVCache:
-    """The keys and values one attention layer has computed so far, so each new token costs one step.
-
-    It holds block_size slots. Once full, a new token overwrites the oldest slot (a ring buffer), so
-    the model keeps attending to exactly the last block_size tokens. With RoPE nothing needs
-    recomputing when the window slides: keys carry their absolute rotations, and a query's dot product
-    with them depends only on the distance between the two. (Unlike re-running the model on the
-    cropped window, the remembered keys and values still reflect the earlier context they were
-    computed in, as in sliding-window attention; a single query attends to a set of keys, so their
-    order in the buffer does not matter.)
-    """
-
-    def __init__(self, batch_size: int, n_head: int, size: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype):
-        self.k = torch.zeros(batch_size, n_head, size, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.seen = 0  # tokens added so far (their positions are 0 .. seen - 1)
-
-    def add(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new keys and values (B, H, T, D); return everything remembered, (B, H, S, D)."""
-        T, size = k.size(2), self.k.size(2)
-        if T > 1 and (self.seen > 0 or T > size):
-            raise ValueError("a KVCache takes a prompt of at most block_size tokens first, then one token at a time")
-        slot = self.seen % size
-        self.k[:, :, slot:slot + T] = k
-        self.v[:, :, slot:slot + T] = v
-        self.seen += T
-        n = min(self.seen, size)
-        return self.k[:, :, :n], self.v[:, :, :n]
-
-
-# ----------------------------------------------------------------------------------------------
 # 13. Saving and loading
 # ----------------------------------------------------------------------------------------------
 
@@ -1386,15 +1315,157 @@ CHECKPOINT_FORMAT = "tinyllm-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokenizer] = None, **extra) -> None:
-    """Write the model, its config, the tokenizer and any training state (`extra`) to one file, atomically.
+def checkpoint_dict(model: TinyLLM, tokenizer: Optional[Tokenizer] = None, **extra) -> dict:
+    """Everything needed to rebuild the model, as tensors and plain Python data (no pickled objects).
 
-    Everything is stored as tensors and plain Python data (configs and tokenizers as dicts), so the
-    file loads with torch.load(weights_only=True), which never runs code from the file.
+    The weights (the state dict), the config that says how to build the model that holds them, and
+    the tokenizer that says what the ids mean; `extra` can add training state (steps, history, ...).
     """
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-               "model_config": asdict(model.config), "model": model.state_dict(),
-               "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_config": asdict(model.config),
+            "model": model.state_dict(), "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+            **extra}
+
+
+def save_model(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokenizer] = None) -> None:
+    """Save a model and its tokenizer to one file; `load_model` (or `tinyllm.py sample --ckpt`) reads it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint_dict(model, tokenizer), path)
+
+
+def model_from_checkpoint(data: dict, device: str | torch.device = "cpu") -> TinyLLM:
+    """Build the model a checkpoint dict describes and put its weights in."""
+    model = TinyLLM(ModelConfig(**data["model_config"]))
+    model.load_state_dict(data["model"])
+    return model.to(device)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TinyLLM, Optional[Tokenizer]]:
+    """Load what save_model wrote: the model (on `device`) and its tokenizer.
+
+    weights_only=True makes torch.load refuse anything but tensors and plain data. A checkpoint is a
+    pickle, and unpickling an untrusted pickle can run any code it likes; this way, it cannot.
+    """
+    data = torch.load(path, map_location=device, weights_only=True)
+    tokenizer = tokenizer_of(data["tokenizer"]) if data.get("tokenizer") else None
+    return model_from_checkpoint(data, device), tokenizer
+
+
+# ==============================================================================================
+# Part II - the toolkit (module only): what real runs need on top of Part I, built from its pieces
+# ==============================================================================================
+
+import argparse  # noqa: E402  (Part II's own imports: the chapter above needs none of them)
+import io  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from dataclasses import fields  # noqa: E402
+
+from tqdm.auto import tqdm  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# A. Crash-safe files: atomic writes, checked tokenizers and checkpoints (module only)
+# ----------------------------------------------------------------------------------------------
+# Section 13's format, written so that a crash never leaves half a file, and read as untrusted input.
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half of one.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsync'ed to disk, and
+    the temporary file is then renamed over `path` (a rename within one filesystem is atomic).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Delete temporary files left by a write that was cut short (a crash between write and rename)."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def tokenizer_from_dict(data: dict) -> Tokenizer:
+    """Rebuild a tokenizer from its saved form, checking it as untrusted data.
+
+    A tokenizer file may come from anyone, so it is read as plain JSON (never executed) and every
+    field is checked: a bad id caught here would otherwise surface much later as a wrong token or an
+    IndexError deep inside encode or the model.
+    """
+    if not isinstance(data, dict) or data.get("type") not in ("char", "bpe"):
+        raise ValueError("not a tinyllm tokenizer (expected a 'type' of 'char' or 'bpe')")
+    if data.get("version", TOKENIZER_VERSION) != TOKENIZER_VERSION:
+        raise ValueError(f"tokenizer format version {data.get('version')!r}; this tinyllm reads version "
+                         f"{TOKENIZER_VERSION}: use the tinyllm release that wrote it, or train a new tokenizer")
+    if data["type"] == "char":
+        chars = data.get("chars")
+        if not isinstance(chars, str) or not chars or list(chars) != sorted(set(chars)):
+            raise ValueError("malformed char tokenizer: 'chars' must be a non-empty string of distinct, sorted characters")
+        return CharTokenizer(chars)
+    merges, specials, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern", SPLIT_PATTERN)
+    if not isinstance(merges, list) or not isinstance(specials, dict) or not isinstance(pattern, str):
+        raise ValueError("malformed BPE tokenizer: 'merges' must be a list, 'special_tokens' a dict and 'pattern' a string")
+    seen: set[tuple[int, int]] = set()
+    for i, m in enumerate(merges):
+        # Merge i makes id 256 + i, so it can only join ids that already exist: bytes or earlier merges.
+        ok = isinstance(m, list) and len(m) == 2 and all(type(x) is int and 0 <= x < 256 + i for x in m)
+        if not ok:
+            raise ValueError(f"malformed BPE tokenizer: merge {i} is {m!r}, expected two ids below {256 + i}")
+        if tuple(m) in seen:
+            raise ValueError(f"malformed BPE tokenizer: merge {i} {m!r} repeats an earlier merge")
+        seen.add(tuple(m))
+    n = 256 + len(merges)
+    ids = list(specials.values())
+    if (not all(type(i) is int for i in ids) or sorted(ids) != list(range(n, n + len(ids)))
+            or not all(s for s in specials)):
+        raise ValueError(f"malformed BPE tokenizer: special tokens must be non-empty strings with the ids "
+                         f"{n}..{n + len(specials) - 1}, one each")
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as e:  # e.g. "a{99999999999}", or deeply nested groups
+        raise ValueError(f"malformed BPE tokenizer: bad split pattern ({e})") from None
+    return BPETokenizer([tuple(m) for m in merges], specials, pattern)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer saved with `.save(path)`, whichever kind it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}: give the path of a JSON file written by Tokenizer.save")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+        raise ValueError(f"{path} is not a tokenizer file (not valid JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != TOKENIZER_FORMAT:
+        raise ValueError(f"{path} is not a tinyllm tokenizer file (no \"format\": \"{TOKENIZER_FORMAT}\" in it)")
+    if "version" not in data:
+        raise ValueError(f"{path} has no format version: it was not written by Tokenizer.save")
+    return tokenizer_from_dict(data)
+
+
+def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokenizer] = None, **extra) -> None:
+    """Write `checkpoint_dict` (section 13) with any training state (`extra`) to one file, atomically.
+
+    Objects in `extra` become plain data: an optimizer or GradScaler its state dict, a TrainConfig
+    or TrainState a dict (a TrainState's fields go in at the top level), so that the file still loads
+    with torch.load(weights_only=True).
+    """
+    payload = {}
     for key, value in extra.items():
         if key == "optimizer" and value is not None:
             value = value.state_dict()
@@ -1402,9 +1473,12 @@ def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokeni
             value = value.state_dict() if value.is_enabled() else None
         elif key == "train_config" and value is not None:
             value = asdict(value)
+        elif key == "train_state":
+            payload.update(asdict(value))
+            continue
         payload[key] = value
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save(checkpoint_dict(model, tokenizer, **payload), buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
@@ -1433,21 +1507,245 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         raise ValueError(f"{path} has checkpoint format version {data.get('version')}; this tinyllm reads "
                          f"version {CHECKPOINT_VERSION}: use the tinyllm release that wrote it")
     try:
-        config = ModelConfig(**data["model_config"])
-        model = TinyLLM(config)
-        model.load_state_dict(data["model"])
-    except (TypeError, KeyError, RuntimeError) as e:
+        model = model_from_checkpoint(data, device)
+    except (TypeError, KeyError, RuntimeError, ValueError) as e:
         raise ValueError(f"{path} is damaged: its model does not match its config ({str(e).splitlines()[0]})") from None
-    data["model"] = model.to(device)
-    data["model_config"] = config
+    data["model"], data["model_config"] = model, model.config
     data["tokenizer"] = tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None
     if data.get("train_config"):
         data["train_config"] = TrainConfig(**data["train_config"])
+    if "step" in data:  # a training checkpoint: where the run stands, as one object
+        data["train_state"] = TrainState(**{f.name: data[f.name] for f in fields(TrainState) if f.name in data})
     return data
 
 
 # ----------------------------------------------------------------------------------------------
-# 14. The command line (module only)
+# B. Training runs: checkpoints, exact resume, Ctrl-C, several GPUs (module only)
+# ----------------------------------------------------------------------------------------------
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torch.distributed run (only rank 0 logs and saves)."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+class StopOnSigint:
+    """Ctrl-C asks to stop at the end of the current step (a second Ctrl-C stops at once).
+
+    Signal handlers can only be set in the main thread; elsewhere Ctrl-C simply raises as usual.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> "StopOnSigint":
+        if self.active:
+            self.old_handler = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.old_handler)
+
+
+def rng_states(generator: torch.Generator, device: torch.device) -> dict:
+    """Every random state a run depends on, gathered from all processes: batches, dropout (CPU and CUDA)."""
+    local = {"data": generator.get_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    states = [local]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank resumes its own
+        states = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, local)
+    return {"data": [s["data"] for s in states], "cuda": [s["cuda"] for s in states], "torch": torch.get_rng_state()}
+
+
+def restore_rng_states(rng: dict, generator: torch.Generator, device: torch.device, config: TrainConfig,
+                       step: int, rank: int, world: int) -> None:
+    """Put back what rng_states saved; on another number of processes, start new batch streams instead."""
+    torch.set_rng_state(rng["torch"].cpu())
+    if len(rng["data"]) != world:  # resumed on another number of processes: not a replay of the first batches
+        generator.manual_seed(config.seed + 1000 * step + rank)
+        return
+    generator.set_state(rng["data"][rank].cpu())
+    cuda = rng.get("cuda") or [None] * world
+    if device.type == "cuda" and cuda[rank] is not None:
+        torch.cuda.set_rng_state(cuda[rank].cpu(), device)
+
+
+def fit(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequence[int] | torch.Tensor,
+        config: TrainConfig, tokenizer: Optional[Tokenizer] = None, resume: Optional[dict] = None,
+        meta: Optional[dict] = None) -> list[dict]:
+    """`train` (section 9) for real runs: the same steps, plus checkpoints, exact resume, Ctrl-C and DDP.
+
+    With config.out_dir set, writes out_dir/last.pt (at evaluations, every ckpt_interval steps and
+    at the end, for resuming) and out_dir/best.pt (best validation loss), atomically. Pass `resume`,
+    a checkpoint from `load_checkpoint`, to continue a run exactly where it stopped: step, LR
+    schedule, optimizer moments and RNGs. Ctrl-C stops at the end of the current step, saves last.pt
+    and raises KeyboardInterrupt. Under torchrun each process trains on its own batches and DDP
+    averages the gradients. For the same settings it trains exactly as `train` does (a test checks).
+    """
+    cfg, device = model.config, pick_device(config.device)
+    train_data, val_data = torch.as_tensor(train_ids, dtype=torch.long), torch.as_tensor(val_ids, dtype=torch.long)
+    if len(train_data) <= cfg.block_size + 1:
+        raise ValueError(f"the training text has {len(train_data)} tokens, too few for one window of "
+                         f"{cfg.block_size}: use more text or a smaller block size")
+    if len(val_data) < 2:
+        raise ValueError("the validation split has fewer than 2 tokens: use more text")
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
+    amp_dtype = choose_precision(device, config.dtype)
+    model.to(device).train()
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    generator = torch.Generator().manual_seed(config.seed + rank)
+    state = TrainState()
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        state = resume["train_state"]
+        restore_rng_states(resume["rng"], generator, device, config, state.step, rank, world)
+    out_dir = Path(config.out_dir) if config.out_dir and rank == 0 else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out_dir)
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)  # compile the DDP-wrapped model, the order PyTorch recommends
+
+    def from_rank0(value: float) -> float:
+        """Rank 0's value on every rank (its clock and its validation loss decide for all)."""
+        if not distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.broadcast(t, 0)
+        return t.item()
+
+    saved = [state.step] if resume is not None and out_dir is not None else []  # steps of last.pt saves
+
+    def diverged(what: str, at_step: int, lr: float) -> TrainingDiverged:
+        """The error for a NaN or infinity: where, at which learning rate, and what is left to resume from."""
+        kept = (f"{out_dir / 'last.pt'} (step {saved[-1]}) is kept, the last good checkpoint" if saved
+                else "no checkpoint had been saved yet")
+        return TrainingDiverged(f"{what} at step {at_step} (learning rate {lr:.2e}): lower --lr, or train in "
+                                f"fp32; {kept}")
+
+    def save(name: str, done: bool, lr: float) -> None:
+        # An update that broke the weights shows only in the next step's loss: check them before
+        # saving, or "the last good checkpoint" could hold NaNs.
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise diverged("the weights became NaN or infinite", state.step, lr)
+        rng = rng_states(generator, device)  # every rank takes part in the gathering
+        if out_dir is not None:
+            save_checkpoint(out_dir / name, model, tokenizer, optimizer=optimizer, scaler=scaler, train_config=config,
+                            train_state=state, done=done, rng=rng, meta=meta)
+            if name == "last.pt":
+                saved.append(state.step)
+
+    def is_finished() -> bool:
+        return bool(from_rank0(float(state.finished(config))))
+
+    timed = bool(config.max_time)
+    show = config.progress and rank == 0
+    bar = tqdm(total=int(config.max_time) if timed else config.max_steps,
+               initial=int(state.elapsed) if timed else state.step, unit="s" if timed else "step",
+               disable=not (show and sys.stderr.isatty()), desc="training", dynamic_ncols=True, leave=False,
+               bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]" if timed else None)
+    write = tqdm.write if not bar.disable else print
+    t0 = time.perf_counter() - state.elapsed
+    last, stopping = is_finished(), False  # stopping: rank 0 saw Ctrl-C, so every rank stops
+    with StopOnSigint() as sigint:
+        try:
+            while not last:
+                lr = lr_at(state.step, state.progress(config), config)
+                batches = [get_batch(train_data, config.batch_size, cfg.block_size, generator, device)
+                           for _ in range(config.grad_accum)]
+                loss = forward_backward(net, scaler, batches, amp_dtype)
+                if distributed:  # the mean over all ranks, so that every rank logs it and stops on a NaN alike
+                    torch.distributed.all_reduce(loss)
+                    loss /= world
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise diverged(f"the loss became {loss_value}", state.step + 1, lr)
+                optimizer_step(model, optimizer, scaler, lr, config.grad_clip)
+                state.step, state.elapsed = state.step + 1, time.perf_counter() - t0
+                state.recent_losses.append(loss_value)
+                bar.update(int(state.elapsed) - bar.n if timed else 1)
+                bar.set_postfix(step=state.step, loss=f"{loss_value:.3f}", refresh=False)  # drawn by update()
+                finished = is_finished()  # a Ctrl-C in the very last step just lets the run end normally
+                stopping = not finished and bool(from_rank0(float(sigint.requested)))
+                last = finished or stopping
+                evaluating = state.step % config.eval_interval == 0 or (last and not stopping)
+                if evaluating:  # rank 0 measures, every rank records the same row
+                    val_loss = from_rank0(evaluate(model, val_data, cfg.block_size, 64, None if last else config.eval_windows,
+                                                   amp_dtype) if rank == 0 else 0.0)
+                    improved = val_loss < state.best_val
+                    row = record_evaluation(state, config, val_loss, lr, cfg.block_size, world)
+                    if show:
+                        write(log_line(row))
+                    if improved:
+                        save("best.pt", done=last and not stopping, lr=lr)
+                elif show and state.step % config.log_interval == 0:
+                    write(log_line({"step": state.step, "train_loss": loss_value, "lr": lr, "seconds": state.elapsed}))
+                if last or evaluating or (config.ckpt_interval and state.step % config.ckpt_interval == 0):
+                    save("last.pt", done=last and not stopping, lr=lr)
+                # Evaluating and saving count against max_time too; rank 0's clock sets every rank's LR.
+                state.elapsed = from_rank0(time.perf_counter() - t0)
+        finally:
+            bar.close()
+    if stopping:
+        raise KeyboardInterrupt(f"stopped at step {state.step}; last.pt saved" if out_dir else
+                                f"stopped at step {state.step}")
+    return state.history
+
+
+def start_distributed(device_name: str) -> torch.device:
+    """Under torchrun, join the other processes and return this one's device; otherwise just pick_device.
+
+    torchrun starts one process per GPU (or several on a CPU) and gives each its RANK (0 .. WORLD_SIZE - 1
+    over all machines) and LOCAL_RANK (its number on this machine). Process LOCAL_RANK uses GPU
+    cuda:(LOCAL_RANK mod the GPUs it can see) and the processes talk over NCCL; on CPUs over gloo.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return pick_device(device_name)
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name.startswith("cuda:"):
+        raise ValueError("under torchrun each process uses the GPU cuda:LOCAL_RANK: use --device cuda (or auto)")
+    if device_name == "mps":
+        raise ValueError("distributed training runs on CUDA GPUs or CPUs, not MPS: use --device cpu")
+    if device_name == "cuda":  # one process per GPU; on clusters that show each process one GPU, cuda:0
+        device = pick_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}")
+    else:
+        device = pick_device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives work on "the current GPU": make it ours
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def same_on_all_ranks(value):
+    """Rank 0's `value` (any picklable object) on every process, e.g. the run directory named by its clock."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# C. The command line (module only)
 # ----------------------------------------------------------------------------------------------
 
 class CLIParser(argparse.ArgumentParser):
@@ -1530,44 +1828,6 @@ def find_run_to_resume(out: Optional[str]) -> Path:
     return Path(out)
 
 
-def prepare_data(text: str, tokenizer: Tokenizer) -> tuple[list[int], list[int], float]:
-    """Split a corpus and encode both parts; also returns the validation split's characters per token."""
-    train_text, val_text = split_train_val(text)
-    val_ids = tokenizer.encode(val_text)
-    return tokenizer.encode(train_text), val_ids, len(val_text) / max(len(val_ids), 1)
-
-
-def start_distributed(device_name: str) -> torch.device:
-    """Under torchrun, join the other processes and return this one's device; otherwise just pick_device.
-
-    torchrun starts one process per GPU (or several on a CPU) and gives each its RANK (0 .. WORLD_SIZE - 1
-    over all machines) and LOCAL_RANK (its number on this machine). Process LOCAL_RANK uses GPU
-    cuda:LOCAL_RANK and the processes talk over NCCL; on CPUs they talk over gloo.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return pick_device(device_name)
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_name.startswith("cuda:"):
-        raise ValueError("under torchrun each process uses the GPU cuda:LOCAL_RANK: use --device cuda (or auto)")
-    if device_name == "mps":
-        raise ValueError("distributed training runs on CUDA GPUs or CPUs, not MPS: use --device cpu")
-    device = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if device_name == "cuda" else device_name)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL's collectives work on "the current GPU": make it ours
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def same_on_all_ranks(value):
-    """Rank 0's `value` (any picklable object) on every process, e.g. the run directory named by its clock."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        value = box[0]
-    return value
-
-
 def cmd_train(args) -> int:
     if args.sample_tokens < 0:  # checked now, not after the whole run
         raise ValueError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
@@ -1581,13 +1841,13 @@ def cmd_train(args) -> int:
         state = load_checkpoint(out / "last.pt")
         model, tokenizer, config, meta = state["model"], state["tokenizer"], state["train_config"], state["meta"]
         if state.get("done"):
-            print(f"the run in {out} already finished at step {state['step']} "
-                  f"(best val loss {state['best_val']:.4f}); nothing to resume. Train longer with a new run, "
-                  f"e.g. python tinyllm.py train --max-time 600")
+            run = state["train_state"]
+            print(f"the run in {out} already finished at step {run.step} (best val loss {run.best_val:.4f}); "
+                  f"nothing to resume. Train longer with a new run, e.g. python tinyllm.py train --max-time 600")
             return 0
         config.device, config.progress = args.device, not args.quiet
         train_ids, val_ids, _ = prepare_data(load_text(meta["data"], args.data_dir), tokenizer)
-        print(f"resuming {out} at step {state['step']}")
+        print(f"resuming {out} at step {state['train_state'].step}")
     else:
         if args.tokenizer not in ("char", "bpe"):
             raise ValueError(f"unknown tokenizer {args.tokenizer!r}: use char or bpe")
@@ -1629,7 +1889,7 @@ def cmd_train(args) -> int:
         print(f"DDP: {world} processes ({torch.distributed.get_backend()}), each {config.batch_size} sequences x "
               f"{config.grad_accum} micro-batches per step: {config.batch_size * config.grad_accum * world} in all")
     try:
-        history = train(model, train_ids, val_ids, config, tokenizer=tokenizer, state=state, meta=meta)
+        history = fit(model, train_ids, val_ids, config, tokenizer=tokenizer, resume=state, meta=meta)
     except KeyboardInterrupt:
         if is_main_process():
             print(f"\ninterrupted: last.pt saved in {out}. Resume with: python tinyllm.py train --resume --out {out}",
@@ -1653,7 +1913,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    check_sampling_args(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    if args.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {args.max_new_tokens}")
+    sample_token(torch.zeros(1, 2), args.temperature, args.top_k, args.top_p)  # bad settings fail now, not after loading
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.ckpt, device)
     if ckpt["tokenizer"] is None:
@@ -1690,7 +1952,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# 15. Export to Hugging Face (module only)
+# D. Export to Hugging Face (module only)
 # ----------------------------------------------------------------------------------------------
 # TinyLLM is a Llama in miniature, so Hugging Face transformers can load it as LlamaForCausalLM: the
 # same pre-norm blocks, RMSNorm, SwiGLU and RoPE in the same "rotate half" layout (channel i turns

@@ -23,11 +23,11 @@ import tinyllm  # noqa: E402
 
 def tokens_per_s(model: tinyllm.TinyLLM, n: int, use_cache: bool, reps: int) -> float:
     prompt = torch.zeros(1, 1, dtype=torch.long)
-    model.generate(prompt, 20, seed=0, use_cache=use_cache)  # warm-up
+    tinyllm.generate(model, prompt, 20, seed=0, use_cache=use_cache)  # warm-up
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        out = model.generate(prompt, n, seed=0, use_cache=use_cache)
+        out = tinyllm.generate(model, prompt, n, seed=0, use_cache=use_cache)
         best = min(best, time.perf_counter() - t)
     assert out.size(1) == n + 1
     return n / best

@@ -85,3 +85,49 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- helpers shared by the test files (import them: from conftest import tiny_model, ...) ----------
+
+def tiny_model(vocab: int, seed: int = 0, **overrides):
+    """The "tiny" preset's model, initialised from a fixed seed."""
+    import torch
+
+    import tinyllm
+
+    torch.manual_seed(seed)
+    return tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset("tiny", vocab, **overrides))
+
+
+def tiny_config(**overrides):
+    """The "tiny" preset's training settings, on the CPU and quiet."""
+    import tinyllm
+
+    return tinyllm.TrainConfig.from_preset("tiny", **{"device": "cpu", "progress": False, **overrides})
+
+
+def assert_same_weights(a, b) -> None:
+    """Every tensor of two models' state dicts is bit-identical, and they have the same keys."""
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{k} differs"
+
+
+def without_seconds(history: list[dict]) -> list[dict]:
+    """A history without its wall-clock column, for comparing runs."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def call_main(argv: list, capsys) -> tuple[int, str, str]:
+    """Run the CLI in this process (what `python tinyllm.py` calls); returns (exit code, stdout, stderr)."""
+    import tinyllm
+
+    try:
+        code = tinyllm.main([str(a) for a in argv])
+    except SystemExit as e:  # --help and argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -11,7 +11,8 @@ import torch
 
 import tinyllm
 from tinyllm import (BPETokenizer, CharTokenizer, ModelConfig, TinyLLM, TrainConfig, load_checkpoint,
-                     save_checkpoint, split_train_val, train)
+                     fit, save_checkpoint, split_train_val)
+from conftest import assert_same_weights, tiny_config, tiny_model, without_seconds
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -22,24 +23,8 @@ def data(corpus_text):
     return (tok, *split_train_val(tok.encode(corpus_text)))
 
 
-def tiny_model(vocab: int) -> TinyLLM:
-    torch.manual_seed(0)
-    return TinyLLM(ModelConfig.from_preset("tiny", vocab))
 
 
-def tiny_config(**overrides) -> TrainConfig:
-    return TrainConfig.from_preset("tiny", **{"device": "cpu", "progress": False, **overrides})
-
-
-def without_seconds(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), f"{k} differs"
 
 
 # --- round trip -------------------------------------------------------------------------------------
@@ -70,7 +55,7 @@ def is_plain(x) -> bool:
 
 def test_training_checkpoint_is_plain_data(tmp_path, data):
     tok, train_ids, val_ids = data
-    train(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(max_steps=3, out_dir=str(tmp_path)),
+    fit(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(max_steps=3, out_dir=str(tmp_path)),
           tokenizer=tok, meta={"data": "corpus"})
     raw = torch.load(tmp_path / "last.pt", weights_only=True)  # never runs code from the file
     assert raw["format"] == tinyllm.CHECKPOINT_FORMAT and raw["version"] == tinyllm.CHECKPOINT_VERSION
@@ -83,7 +68,7 @@ def test_training_checkpoint_is_plain_data(tmp_path, data):
 
 def test_load_run_directory_means_best(tmp_path, data):
     tok, train_ids, val_ids = data
-    history = train(tiny_model(tok.vocab_size), train_ids, val_ids,
+    history = fit(tiny_model(tok.vocab_size), train_ids, val_ids,
                     tiny_config(max_steps=40, eval_interval=10, lr=3e-2, out_dir=str(tmp_path)), tokenizer=tok)
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
     best, last = load_checkpoint(tmp_path), load_checkpoint(tmp_path / "last.pt")
@@ -122,17 +107,17 @@ def test_crash_and_resume_matches_an_uninterrupted_run(tmp_path, data, monkeypat
     settings = dict(max_steps=30, eval_interval=10, ckpt_interval=7, dtype=dtype, grad_accum=grad_accum,
                     batch_size=4, seed=3)
     whole = tiny_model(tok.vocab_size)
-    expected = train(whole, train_ids, val_ids, tiny_config(out_dir=str(tmp_path / "a"), **settings), tokenizer=tok)
+    expected = fit(whole, train_ids, val_ids, tiny_config(out_dir=str(tmp_path / "a"), **settings), tokenizer=tok)
 
     crash_at_batch(monkeypatch, (crash_step - 1) * grad_accum + 1)
     with pytest.raises(Crash):
-        train(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(out_dir=str(tmp_path / "b"), **settings),
+        fit(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(out_dir=str(tmp_path / "b"), **settings),
               tokenizer=tok)
     monkeypatch.undo()
     state = load_checkpoint(tmp_path / "b" / "last.pt")
     assert state["step"] == max(s for s in range(1, crash_step) if s % 7 == 0 or s % 10 == 0)
-    history = train(state["model"], train_ids, val_ids, state["train_config"], tokenizer=state["tokenizer"],
-                    state=state)
+    history = fit(state["model"], train_ids, val_ids, state["train_config"], tokenizer=state["tokenizer"],
+                    resume=state)
     assert_same_weights(state["model"], whole)
     assert without_seconds(history) == without_seconds(expected)
     last_a, last_b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
@@ -151,12 +136,12 @@ def test_sigint_saves_last_and_resume_is_exact(tmp_path, data, monkeypatch, at_s
     tok, train_ids, val_ids = data
     settings = dict(max_steps=20, eval_interval=10, eval_windows=2, seed=4)
     whole = tiny_model(tok.vocab_size)
-    expected = train(whole, train_ids, val_ids, tiny_config(**settings))
+    expected = fit(whole, train_ids, val_ids, tiny_config(**settings))
 
     crash_at_batch(monkeypatch, at_step, action=lambda: os.kill(os.getpid(), signal.SIGINT))
     model = tiny_model(tok.vocab_size)
     try:
-        history = train(model, train_ids, val_ids, tiny_config(out_dir=str(tmp_path), **settings), tokenizer=tok)
+        history = fit(model, train_ids, val_ids, tiny_config(out_dir=str(tmp_path), **settings), tokenizer=tok)
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True
@@ -167,7 +152,7 @@ def test_sigint_saves_last_and_resume_is_exact(tmp_path, data, monkeypatch, at_s
     if at_step < settings["max_steps"]:
         assert interrupted and not state["done"]
         model = state["model"]
-        history = train(model, train_ids, val_ids, state["train_config"], tokenizer=tok, state=state)
+        history = fit(model, train_ids, val_ids, state["train_config"], tokenizer=tok, resume=state)
     else:
         assert not interrupted and state["done"]
     assert_same_weights(model, whole)
@@ -179,7 +164,7 @@ def test_stale_temp_files_are_removed_when_training_starts(tmp_path, data):
     tok, train_ids, val_ids = data
     stray = tmp_path / ".last.pt.abc123.tmp"
     stray.write_bytes(b"half a checkpoint")
-    train(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(max_steps=1, out_dir=str(tmp_path)))
+    fit(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(max_steps=1, out_dir=str(tmp_path)))
     assert not stray.exists()
     assert (tmp_path / "last.pt").is_file()
 

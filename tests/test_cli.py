@@ -8,21 +8,12 @@ import pytest
 import torch
 
 import tinyllm
-from conftest import REPO, cli_env
+from conftest import REPO, call_main, cli_env
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY = ["--preset", "tiny", "--quiet", "--sample-tokens", "40"]
 
-
-def call_main(argv: list, capsys) -> tuple[int, str, str]:
-    """Run the CLI in this process (what `python tinyllm.py` calls); returns (exit code, stdout, stderr)."""
-    try:
-        code = tinyllm.main([str(a) for a in argv])
-    except SystemExit as e:  # --help and argparse's usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_then_sample_end_to_end(tmp_path, corpus_file, cli, capsys):
@@ -116,8 +107,8 @@ def test_default_cpu_run_is_time_boxed(tmp_path, corpus_file, monkeypatch, capsy
         config.max_steps = 2  # the real loop, cut short: this test checks the settings, not the learning
         return real_train(model, train_ids, val_ids, config, **kwargs)
 
-    real_train = tinyllm.train
-    monkeypatch.setattr(tinyllm, "train", quick_train)
+    real_train = tinyllm.fit
+    monkeypatch.setattr(tinyllm, "fit", quick_train)
     code, stdout, err = call_main(["train", "--data", corpus_file, "--out", tmp_path / "run", "--quiet",
                                    "--sample-tokens", "5"], capsys)
     assert code == 0, err

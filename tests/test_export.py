@@ -105,8 +105,8 @@ def test_logits_match(model, hf_model, length):
 def test_greedy_generation_matches(model, hf_model, bpe):
     prompt = torch.tensor([bpe.encode("The king speaks")])
     n = model.config.block_size - prompt.size(1)  # stay within the context
-    ours = model.generate(prompt, n, temperature=0)
-    ours_no_cache = model.generate(prompt, n, temperature=0, use_cache=False)
+    ours = tinyllm.generate(model, prompt, n, temperature=0)
+    ours_no_cache = tinyllm.generate(model, prompt, n, temperature=0, use_cache=False)
     theirs = hf_model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                attention_mask=torch.ones_like(prompt), pad_token_id=0)
     assert ours.tolist() == ours_no_cache.tolist() == theirs.tolist()

@@ -229,7 +229,7 @@ def test_cached_forward_equals_full_forward(cfg):
     model = TinyLLM(cfg).eval()
     idx = torch.randint(V, (2, 20))
     full, _ = model(idx)
-    cache = model.new_cache(2)
+    cache = tinyllm.new_cache(model, 2)
     first, _ = model(idx[:, :12], cache=cache)
     steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(12, 20)]
     torch.testing.assert_close(torch.cat([first, *steps], dim=1), full, rtol=1e-4, atol=1e-5)

@@ -22,28 +22,11 @@ MODULE_PATH = ROOT / "tinyllm.py"
 NOTEBOOK_PATH = ROOT / "tiny_llm.ipynb"
 BUILDER_PATH = ROOT / ".ci" / "build_notebook.py"
 
-# tinyllm.py definitions that the notebook leaves out: the command line with its helpers for
-# distributed training (section 14), and the export to Hugging Face (section 15). The builder reads
-# this set too, so it is the one list to edit.
-MODULE_ONLY = {
-    # 14. The command line
-    "CLIParser",
-    "build_parser",
-    "new_run_dir",
-    "find_run_to_resume",
-    "prepare_data",
-    "start_distributed",
-    "same_on_all_ranks",
-    "cmd_train",
-    "cmd_sample",
-    "main",
-    # 15. Export to Hugging Face
-    "hf_state_dict",
-    "hf_split_pattern",
-    "hf_tokenizer",
-    "export_hf",
-    "cmd_export",
-}
+# tinyllm.py is Part I (the chapter, mirrored here definition for definition) and, from the line
+# "# Part II" on, the module-only toolkit, which the notebook must not contain.
+PART_TWO = re.compile(r"^# Part II\b", re.M)
+MAX_LINES = 60  # the longest Part I definition and the longest notebook code cell
+MACHINERY = ("torch.distributed", "import signal", "signal.", "fsync", "os.replace")  # never in the chapter
 
 # Functions only the notebook defines: plotting helpers, the reader's exercise answers, self-checks.
 NOTEBOOK_ONLY_PREFIXES = ("plot_", "my_", "check_exercise")
@@ -71,8 +54,23 @@ def top_level(tree: ast.Module) -> tuple[dict[str, ast.AST], dict[str, ast.AST],
     return defs, consts, imports
 
 
+def module_parts() -> tuple[str, str]:
+    """tinyllm.py's source cut in two: Part I (the chapter) and Part II (module only)."""
+    source = MODULE_PATH.read_text(encoding="utf-8")
+    cut = PART_TWO.search(source)
+    assert cut, "tinyllm.py has no '# Part II' line"
+    return source[:cut.start()], source[cut.start():]
+
+
 def module_tree() -> ast.Module:
-    return ast.parse(MODULE_PATH.read_text(encoding="utf-8"))
+    """Part I of tinyllm.py, parsed."""
+    return ast.parse(module_parts()[0])
+
+
+def part_two_names() -> set[str]:
+    """Every name Part II defines (functions, classes, constants)."""
+    defs, consts, _ = top_level(ast.parse(module_parts()[1]))
+    return set(defs) | set(consts)
 
 
 def notebook() -> nbformat.NotebookNode:
@@ -119,10 +117,10 @@ def test_every_notebook_definition_is_identical_to_the_module_one():
 def test_every_module_definition_is_in_the_notebook():
     mod_defs, mod_consts, _ = top_level(module_tree())
     nb_defs, nb_consts, _ = notebook_top_level(notebook())
-    missing = sorted(set(mod_defs) - set(nb_defs) - MODULE_ONLY)
-    assert not missing, (f"tinyllm.py defines {missing}, which the notebook lacks: run python .ci/build_notebook.py "
-                         f"--execute, or add them to MODULE_ONLY in tests/test_notebook.py if they are command-line only")
-    missing = sorted(set(mod_consts) - set(nb_consts) - MODULE_ONLY)
+    missing = sorted(set(mod_defs) - set(nb_defs))
+    assert not missing, (f"Part I of tinyllm.py defines {missing}, which the notebook lacks: place them in chapter/*.md "
+                         f"and run python .ci/build_notebook.py --execute (or move them to Part II if module-only)")
+    missing = sorted(set(mod_consts) - set(nb_consts))
     assert not missing, f"tinyllm.py's constants {missing} are not in the notebook"
 
 
@@ -150,16 +148,52 @@ def test_notebook_does_not_import_tinyllm_or_install_anything():
             assert not re.search(r"^\s*[!%]", cell.source, re.M), "no shell or pip cells"
 
 
-def test_module_only_names_are_defined_in_the_module():
-    mod_defs, _, _ = top_level(module_tree())
-    nb_defs, _, _ = notebook_top_level(notebook())
-    assert not (MODULE_ONLY & set(nb_defs)), "a MODULE_ONLY name is defined in the notebook"
-    assert "main" in mod_defs and "build_parser" in mod_defs
+def test_no_part_two_name_is_defined_in_the_notebook():
+    nb_defs, nb_consts, _ = notebook_top_level(notebook())
+    names = part_two_names()
+    assert {"main", "build_parser", "fit", "save_checkpoint", "load_checkpoint", "export_hf"} <= names
+    assert not (names & (set(nb_defs) | set(nb_consts))), "a Part II (module-only) name is defined in the notebook"
+
+
+def definition_lines(node: ast.AST) -> int:
+    """A definition's length in lines, decorators and docstring included."""
+    return node.end_lineno - min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) + 1
+
+
+def test_every_part_one_definition_fits_on_a_screen():
+    defs, _, _ = top_level(module_tree())
+    long = {name: definition_lines(node) for name, node in defs.items() if definition_lines(node) > MAX_LINES}
+    assert not long, f"Part I definitions over {MAX_LINES} lines: {long}"
+
+
+def test_every_notebook_code_cell_fits_on_a_screen_and_has_no_machinery():
+    for i, cell in enumerate(notebook().cells):
+        if cell.cell_type != "code":
+            continue
+        lines = len(cell.source.rstrip().splitlines())
+        assert lines <= MAX_LINES, f"code cell {i} has {lines} lines (at most {MAX_LINES})"
+        found = [word for word in MACHINERY if word in cell.source]
+        assert not found, f"code cell {i} holds production machinery {found}: it belongs in Part II"
+
+
+def test_part_one_uses_nothing_before_it_is_defined():
+    """Read top-down: no Part I definition refers to a module-level name that is defined further down."""
+    tree = module_tree()
+    order: dict[str, int] = {}
+    for i, node in enumerate(tree.body):
+        for name in top_level(ast.Module(body=[node], type_ignores=[]))[0] | top_level(ast.Module(body=[node], type_ignores=[]))[1]:
+            order.setdefault(name, i)
+    late = []
+    for i, node in enumerate(tree.body):
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and order.get(sub.id, -1) > i:
+                late.append(f"{getattr(node, 'name', '?')} uses {sub.id}")
+    assert not late, f"forward references in Part I: {sorted(set(late))}"
 
 
 def test_section_headings_match_the_module():
-    headings = re.findall(r"^# (\d+)\. (.+)$", MODULE_PATH.read_text(encoding="utf-8"), re.M)
-    shared = [f"{n}. {title.strip()}" for n, title in headings if "module only" not in title.lower()]
+    headings = re.findall(r"^# (\d+)\. (.+)$", module_parts()[0], re.M)
+    shared = [f"{n}. {title.strip()}" for n, title in headings]
     in_notebook = [m for cell in notebook().cells if cell.cell_type == "markdown"
                    for m in re.findall(r"^## (\d+\. .+)$", cell.source, re.M)]
     assert [h for h in in_notebook if h in shared] == shared, (
@@ -175,7 +209,7 @@ def test_notebook_is_built_from_the_current_sources():
         spec.loader.exec_module(builder)
     finally:
         del sys.modules[spec.name]
-    cells, _ = builder.build(builder.Module(MODULE_PATH), builder.read_module_only())
+    cells = builder.build(builder.Module(MODULE_PATH), builder.read_chapter())
     have = [(c.cell_type, c.source) for c in notebook().cells]
     assert have == cells, "tiny_llm.ipynb is out of date: run python .ci/build_notebook.py --execute"
 

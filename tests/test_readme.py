@@ -17,7 +17,7 @@ def readme_api_example() -> str:
 
 def test_readme_api_example_runs(tmp_path, corpus_file):
     code = readme_api_example()
-    assert 'tl.load_text("shakespeare")' in code and "tl.train(" in code and "tl.load_checkpoint(" in code
+    assert 'tl.load_text("shakespeare")' in code and "tl.fit(" in code and "tl.load_checkpoint(" in code
     # Same calls, smaller: the tiny preset for a few seconds on the generated corpus.
     code = code.replace('"cpu"', '"tiny"').replace("max_time=60", "max_time=3")
     code = code.replace('tl.load_text("shakespeare")', f"tl.load_text({str(corpus_file)!r})")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tinyllm
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, assert_same_weights, call_main, cli_env, run_cli, without_seconds
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -45,15 +45,6 @@ def files(tmp_path_factory, corpus_text) -> dict:
     (d / "empty-run").mkdir()
     return {"dir": d, "corpus": d / "corpus.txt", "run": run}
 
-
-def call_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in this process; returns (exit code, stdout, stderr)."""
-    try:
-        code = tinyllm.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, pattern: str) -> None:
@@ -193,13 +184,6 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
     return True
 
 
-def without_seconds(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), f"{name} differs"
 
 
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, corpus_file, capsys):

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+
+import tinyllm
 import torch.nn.functional as F
 
 from tinyllm import (CharTokenizer, ModelConfig, TinyLLM, TrainConfig, complete, generate_tokens, sample_token,
@@ -79,8 +81,8 @@ def test_cached_and_uncached_greedy_agree_within_context(trained):
     model, tok, _ = trained
     prompt = torch.stack([ids_of(tok, "The king ")[0], ids_of(tok, "A fool wee")[0][:9]])  # a batch of two
     n = model.config.block_size - prompt.size(1)  # fill the context exactly
-    cached = model.generate(prompt, n, temperature=0, use_cache=True)
-    uncached = model.generate(prompt, n, temperature=0, use_cache=False)
+    cached = tinyllm.generate(model, prompt, n, temperature=0, use_cache=True)
+    uncached = tinyllm.generate(model, prompt, n, temperature=0, use_cache=False)
     assert cached.shape == (2, model.config.block_size)
     assert torch.equal(cached, uncached)
 
@@ -89,24 +91,24 @@ def test_cached_and_uncached_sampling_agree_for_a_seed(trained):
     model, tok, _ = trained
     prompt = ids_of(tok, "My lord ")
     kwargs = dict(temperature=1.0, top_k=10, seed=3)
-    assert torch.equal(model.generate(prompt, 20, use_cache=True, **kwargs),
-                       model.generate(prompt, 20, use_cache=False, **kwargs))
+    assert torch.equal(tinyllm.generate(model, prompt, 20, use_cache=True, **kwargs),
+                       tinyllm.generate(model, prompt, 20, use_cache=False, **kwargs))
 
 
 def test_top_k_1_equals_greedy(trained):
     model, tok, _ = trained
     prompt = ids_of(tok, "The queen ")
-    greedy = model.generate(prompt, 20, temperature=0)
-    assert torch.equal(model.generate(prompt, 20, temperature=1.3, top_k=1, seed=9), greedy)
-    assert torch.equal(model.generate(prompt, 20, temperature=1.0, top_p=1e-6, seed=9), greedy)
+    greedy = tinyllm.generate(model, prompt, 20, temperature=0)
+    assert torch.equal(tinyllm.generate(model, prompt, 20, temperature=1.3, top_k=1, seed=9), greedy)
+    assert torch.equal(tinyllm.generate(model, prompt, 20, temperature=1.0, top_p=1e-6, seed=9), greedy)
 
 
 def test_seed_makes_sampling_reproducible(trained):
     model, tok, _ = trained
     prompt = ids_of(tok, "Good sir ")
-    a = model.generate(prompt, 40, temperature=1.5, seed=123)
-    b = model.generate(prompt, 40, temperature=1.5, seed=123)
-    c = model.generate(prompt, 40, temperature=1.5, seed=124)
+    a = tinyllm.generate(model, prompt, 40, temperature=1.5, seed=123)
+    b = tinyllm.generate(model, prompt, 40, temperature=1.5, seed=123)
+    c = tinyllm.generate(model, prompt, 40, temperature=1.5, seed=124)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -114,10 +116,10 @@ def test_seed_makes_sampling_reproducible(trained):
 def test_stop_token_ends_generation(trained):
     model, tok, _ = trained
     prompt = ids_of(tok, "The old man ")
-    full = model.generate(prompt, 25, temperature=0)[0, prompt.size(1):].tolist()
+    full = tinyllm.generate(model, prompt, 25, temperature=0)[0, prompt.size(1):].tolist()
     stop = full[5]
     first = full.index(stop)
-    out = model.generate(prompt, 25, temperature=0, stop_token=stop)[0, prompt.size(1):].tolist()
+    out = tinyllm.generate(model, prompt, 25, temperature=0, stop_token=stop)[0, prompt.size(1):].tolist()
     assert out == full[:first + 1]
 
 
@@ -125,7 +127,7 @@ def test_on_token_streams_each_new_token(trained):
     model, tok, _ = trained
     prompt = ids_of(tok, "Her brother ")
     streamed = []
-    out = model.generate(prompt, 15, temperature=1.0, seed=1, on_token=streamed.append)
+    out = tinyllm.generate(model, prompt, 15, temperature=1.0, seed=1, on_token=streamed.append)
     assert streamed == out[0, prompt.size(1):].tolist()
 
 
@@ -136,7 +138,7 @@ def test_generate_tokens_is_a_generator(trained):
     first = next(tokens)
     assert first.shape == (1, 1)
     rest = list(tokens)
-    assert torch.cat([first, *rest], 1).tolist() == model.generate(prompt, 10, temperature=0)[:, prompt.size(1):].tolist()
+    assert torch.cat([first, *rest], 1).tolist() == tinyllm.generate(model, prompt, 10, temperature=0)[:, prompt.size(1):].tolist()
 
 
 def test_long_prompt_is_cropped_to_the_context(trained):
@@ -145,10 +147,10 @@ def test_long_prompt_is_cropped_to_the_context(trained):
     prompt = ids_of(tok, "The king speaks of the crown.\nA fool laughs at the sea.\nMy lord waits for ")
     assert prompt.size(1) > T
     for use_cache in (True, False):
-        out = model.generate(prompt, 5, temperature=0, use_cache=use_cache)
+        out = tinyllm.generate(model, prompt, 5, temperature=0, use_cache=use_cache)
         assert out.shape == (1, prompt.size(1) + 5)
         assert torch.equal(out[:, :prompt.size(1)], prompt)  # the whole prompt is returned
-        cropped = model.generate(prompt[:, -T:], 5, temperature=0, use_cache=use_cache)
+        cropped = tinyllm.generate(model, prompt[:, -T:], 5, temperature=0, use_cache=use_cache)
         assert torch.equal(out[:, -5:], cropped[:, -5:])  # but only its last block_size tokens were read
 
 
@@ -157,7 +159,7 @@ def test_generation_past_the_context_with_the_cache(trained):
     T = model.config.block_size
     prompt = ids_of(tok, "The king ")
     for use_cache in (True, False):
-        out = model.generate(prompt, 3 * T, temperature=0.8, seed=0, use_cache=use_cache)
+        out = tinyllm.generate(model, prompt, 3 * T, temperature=0.8, seed=0, use_cache=use_cache)
         assert out.shape == (1, prompt.size(1) + 3 * T)
         assert int(out.max()) < tok.vocab_size
 
@@ -168,7 +170,7 @@ def test_sliding_cache_predicts_as_well_as_recomputing_the_window(trained):
     model, tok, val_ids = trained
     T = model.config.block_size
     ids = torch.tensor([val_ids[:4 * T]])
-    cache = model.new_cache(1)
+    cache = tinyllm.new_cache(model, 1)
     cached = torch.cat([model(ids[:, i:i + 1], cache=cache)[0] for i in range(ids.size(1))], dim=1)[0]
     window = torch.stack([model(ids[:, max(0, i - T + 1):i + 1])[0][0, -1] for i in range(ids.size(1))])
     nll_cached = F.cross_entropy(cached[:-1], ids[0, 1:], reduction="none")
@@ -187,7 +189,7 @@ def test_invalid_settings_raise(trained, kwargs, match):
     model, tok, _ = trained
     kwargs = {"max_new_tokens": 5, **kwargs}
     with pytest.raises(ValueError, match=match):
-        model.generate(ids_of(tok, "The"), **kwargs)
+        tinyllm.generate(model, ids_of(tok, "The"), **kwargs)
     with pytest.raises(ValueError, match=match):
         complete(model, tok, "The", **kwargs)
 
@@ -195,7 +197,7 @@ def test_invalid_settings_raise(trained, kwargs, match):
 def test_max_new_tokens_zero_returns_the_prompt(trained):
     model, tok, _ = trained
     prompt = ids_of(tok, "The")
-    assert torch.equal(model.generate(prompt, 0), prompt)
+    assert torch.equal(tinyllm.generate(model, prompt, 0), prompt)
     assert complete(model, tok, "The", 0) == ""
 
 
@@ -204,7 +206,7 @@ def test_max_new_tokens_zero_returns_the_prompt(trained):
 def test_complete_returns_the_continuation(trained):
     model, tok, _ = trained
     text = complete(model, tok, "The king ", 20, temperature=0)
-    expected = model.generate(ids_of(tok, "The king "), 20, temperature=0)[0, 9:].tolist()
+    expected = tinyllm.generate(model, ids_of(tok, "The king "), 20, temperature=0)[0, 9:].tolist()
     assert text == tok.decode(expected)
 
 

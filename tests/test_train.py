@@ -10,7 +10,8 @@ import torch
 
 import tinyllm
 from tinyllm import (CharTokenizer, ModelConfig, TinyLLM, TrainConfig, TrainingDiverged, choose_precision,
-                     get_batch, load_checkpoint, lr_at, make_optimizer, split_train_val, train)
+                     fit, get_batch, load_checkpoint, lr_at, make_optimizer, split_train_val, train)
+from conftest import assert_same_weights, tiny_config, tiny_model, without_seconds
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -21,13 +22,6 @@ def encode(text: str):
     return tok, train_ids, val_ids
 
 
-def tiny_model(vocab: int, seed: int = 0, **overrides) -> TinyLLM:
-    torch.manual_seed(seed)
-    return TinyLLM(ModelConfig.from_preset("tiny", vocab, **overrides))
-
-
-def tiny_config(**overrides) -> TrainConfig:
-    return TrainConfig.from_preset("tiny", **{"device": "cpu", "progress": False, **overrides})
 
 
 def params_of(model: torch.nn.Module) -> dict:
@@ -62,7 +56,7 @@ def test_loss_falls_on_tinyshakespeare(shakespeare_path):
 def test_train_rejects_text_shorter_than_one_window():
     tok, train_ids, val_ids = encode("too short for a window of 32 chars")
     with pytest.raises(ValueError, match="too few for one window"):
-        train(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(max_steps=1))
+        fit(tiny_model(tok.vocab_size), train_ids, val_ids, tiny_config(max_steps=1))
 
 
 # --- LR schedule and optimizer ------------------------------------------------------------------
@@ -156,15 +150,39 @@ def test_same_seed_same_run_other_seed_other_run(data):
     assert not all(torch.equal(p1[k], p3[k]) for k in p1)  # the seed picks the batches
 
 
-def test_max_time_stops_training(data):
+class FakeClock:
+    """time.perf_counter for tinyllm, advancing a fixed amount per call: time budgets without waiting."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("loop", [train, fit])
+def test_max_time_stops_training(data, monkeypatch, loop):
     tok, train_ids, val_ids = data
-    t0 = time.perf_counter()
-    history = train(tiny_model(tok.vocab_size), train_ids, val_ids,
-                    tiny_config(max_steps=10**9, max_time=1.5, eval_interval=10**9))
-    took = time.perf_counter() - t0
-    assert 1.5 <= history[-1]["seconds"] < 1.5 + 5
-    assert took < 1.5 + 15
-    assert 0 < history[-1]["step"] < 10**9
+    monkeypatch.setattr(tinyllm.time, "perf_counter", FakeClock(0.1))  # every clock read: 0.1 s later
+    history = loop(tiny_model(tok.vocab_size), train_ids, val_ids,
+                   tiny_config(max_steps=10**9, max_time=1.5, eval_interval=10**9))
+    assert 1.5 <= history[-1]["seconds"] < 1.5 + 0.5  # stopped at the first step past the budget
+    assert 5 <= history[-1]["step"] <= 15
+    assert len(history) == 1  # no evaluation but the final one
+
+
+def test_fit_trains_exactly_like_train(data):
+    """Part II's loop is built from Part I's pieces: for the same settings, the same weights and history."""
+    tok, train_ids, val_ids = data
+    for settings in (dict(max_steps=12, eval_interval=5), dict(max_steps=6, grad_accum=2)):
+        a, b = tiny_model(tok.vocab_size, dropout=0.1), tiny_model(tok.vocab_size, dropout=0.1)
+        torch.manual_seed(3)
+        ha = train(a, train_ids, val_ids, tiny_config(**settings))
+        torch.manual_seed(3)
+        hb = fit(b, train_ids, val_ids, tiny_config(**settings))
+        assert_same_weights(a, b)
+        assert without_seconds(ha) == without_seconds(hb)
 
 
 def test_history_fields_and_bits_per_char(data):
@@ -187,7 +205,7 @@ def test_fp16_uses_grad_scaler_and_saves_its_state(data, tmp_path):
     model = tiny_model(tok.vocab_size)
     seen = []
     model.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    history = train(model, train_ids, val_ids, tiny_config(max_steps=6, dtype="fp16", out_dir=str(tmp_path)),
+    history = fit(model, train_ids, val_ids, tiny_config(max_steps=6, dtype="fp16", out_dir=str(tmp_path)),
                     tokenizer=tok)
     assert torch.float16 in seen  # autocast really ran the matmuls in half precision
     assert math.isfinite(history[-1]["val_loss"])
@@ -200,7 +218,7 @@ def test_bf16_autocast_runs_on_cpu(data, tmp_path):
     model = tiny_model(tok.vocab_size)
     seen = []
     model.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    history = train(model, train_ids, val_ids, tiny_config(max_steps=6, dtype="bf16", out_dir=str(tmp_path)))
+    history = fit(model, train_ids, val_ids, tiny_config(max_steps=6, dtype="bf16", out_dir=str(tmp_path)))
     assert torch.bfloat16 in seen and math.isfinite(history[-1]["val_loss"])
     assert model.embed.weight.dtype == torch.float32  # autocast keeps the weights themselves in fp32
     assert load_checkpoint(tmp_path / "last.pt")["scaler"] is None  # no scaler needed for bf16
@@ -240,7 +258,7 @@ def test_nan_loss_stops_with_step_and_lr_and_keeps_a_good_checkpoint(data, tmp_p
     tok, train_ids, val_ids = data
     config = tiny_config(max_steps=50, lr=1e6, warmup_steps=1, ckpt_interval=1, out_dir=str(tmp_path))
     with pytest.raises(TrainingDiverged) as info:
-        train(tiny_model(tok.vocab_size), train_ids, val_ids, config, tokenizer=tok)
+        fit(tiny_model(tok.vocab_size), train_ids, val_ids, config, tokenizer=tok)
     message = str(info.value)
     assert re.search(r"at step \d+ \(learning rate \d\.\d\de[+-]\d+\)", message), message
     assert "NaN" in message or "nan" in message or "inf" in message
@@ -268,7 +286,7 @@ def test_nan_loss_is_caught_before_the_update(data, monkeypatch, tmp_path):
                          out_dir=str(tmp_path))
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3 \(learning rate 9\.00e-04\).*"
                                                r"last\.pt \(step 2\) is kept"):
-        train(model, train_ids, val_ids, config)
+        fit(model, train_ids, val_ids, config)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
 
@@ -277,5 +295,5 @@ def test_divergence_before_any_checkpoint_says_so(data, tmp_path):
     tok, train_ids, val_ids = data
     config = tiny_config(max_steps=50, lr=1e6, warmup_steps=1, eval_interval=100, out_dir=str(tmp_path))
     with pytest.raises(TrainingDiverged, match="no checkpoint had been saved yet"):
-        train(tiny_model(tok.vocab_size), train_ids, val_ids, config)
+        fit(tiny_model(tok.vocab_size), train_ids, val_ids, config)
 
