@@ -586,7 +586,6 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: "ModelConfig"):
         super().__init__()
-        assert cfg.d_model % cfg.n_head == 0, "d_model must be divisible by n_head"
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # queries, keys, values in one matmul
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -720,6 +719,23 @@ class ModelConfig:
     d_ff: int = 768  # hidden width of the SwiGLU feed-forward layer
     dropout: float = 0.0
     rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        """Refuse a shape the network cannot take here, rather than with a puzzling error deep in a forward pass."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}): "
+                             "each head gets d_model / n_head channels")
+        if self.d_model // self.n_head % 2:
+            raise ValueError(f"the head size d_model / n_head = {self.d_model // self.n_head} must be even: "
+                             "RoPE rotates channels in pairs")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be at least 0 and below 1, got {self.dropout}")
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta}")
 
     @classmethod
     def from_preset(cls, name: str, vocab_size: int, **overrides) -> "ModelConfig":
@@ -1342,7 +1358,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         config = ModelConfig(**data["model_config"])
         model = TinyLLM(config)
         model.load_state_dict(data["model"])
-    except (TypeError, KeyError, RuntimeError) as e:
+    except (TypeError, KeyError, RuntimeError, ValueError) as e:  # ValueError: a config ModelConfig refuses
         raise ValueError(f"{path} is damaged: its model does not match its config ({str(e).splitlines()[0]})") from None
     data["model"] = model.to(device)
     data["model_config"] = config
