@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import heapq
 import http.client
@@ -34,6 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -1330,6 +1332,25 @@ def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokeni
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+def why_not_loaded(path: Path, error: Exception) -> str:
+    """Why torch.load refused `path`, in words that say what to do.
+
+    torch.save writes a zip archive (before PyTorch 1.6, a pickle that starts with a magic number), so
+    the first bytes tell a file that is no checkpoint at all from one that was cut short or damaged.
+    """
+    if "GLOBAL" in str(error):  # torch's weights_only unpickler met a class or function: maybe code to run
+        return "it holds objects other than tensors and plain data, which tinyllm never unpickles"
+    if isinstance(error, OSError) and error.errno != errno.EINVAL:  # EINVAL: torch reading past the end of a cut file
+        return error.strerror or str(error)  # e.g. "Permission denied"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (b"PK\x03\x04".startswith(head) or b"\x80\x02\x8a\x0a".startswith(head)):
+        return ("it is not a PyTorch checkpoint (torch.save did not write it): give a .pt file or a run directory "
+                "from `tinyllm.py train`")
+    return (f"the file is truncated or corrupt ({path.stat().st_size:,} bytes; was a copy cut short?): copy it again, "
+            "or use the run's other checkpoint (best.pt or last.pt)")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """Load a checkpoint file (or a run directory's best.pt) as a dict with a ready "model" and "tokenizer".
 
@@ -1343,12 +1364,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: give a .pt file or a run directory from `tinyllm.py train`")
     try:
-        data = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a plain pickle before refusing it: one line is enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds objects other than tensors and plain data, which tinyllm never unpickles"
-        raise ValueError(f"cannot load checkpoint {path}: {reason}") from None
+        raise ValueError(f"cannot load checkpoint {path}: {why_not_loaded(path, e)}") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a tinyllm checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:

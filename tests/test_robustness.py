@@ -5,6 +5,7 @@ without paying for a Python start per case); a sample of it also runs as real su
 kill/Ctrl-C tests always do.
 """
 
+import pickle
 import random
 import re
 import signal
@@ -268,3 +269,54 @@ def test_stray_temp_file_is_removed_by_a_fresh_run(tmp_path, corpus_file, capsys
     code, _, err = call_main(["train", "--data", corpus_file, "--max-steps", "2", "--out", out, *TINY], capsys)
     assert code == 0, err
     assert not stray.exists() and (out / "last.pt").is_file()
+
+
+# --- files that are not checkpoints, or are cut short: say which, and what to do --------------------------
+
+def test_a_file_that_is_not_a_checkpoint_is_called_that(files, capsys, tmp_path):
+    """A text file (or a plain pickle) given as --ckpt: "not a PyTorch checkpoint", not the wording for a hostile pickle."""
+    readme = tmp_path / "README.md"
+    readme.write_bytes((REPO / "README.md").read_bytes())
+    tokenizer = tmp_path / "tokenizer.json"
+    tinyllm.load_checkpoint(files["run"])["tokenizer"].save(tokenizer)
+    for path in [files["dir"] / "notckpt.pt", readme, tokenizer]:
+        before = path.read_bytes()
+        code, out, err = call_main(["sample", "--ckpt", path, "--max-new-tokens", "5"], capsys)
+        assert_one_line_error(code, err, rf"cannot load checkpoint {re.escape(str(path))}: it is not a PyTorch "
+                                         r"checkpoint .*give a \.pt file or a run directory")
+        assert "unpickles" not in err and out == "" and path.read_bytes() == before
+
+
+def test_a_plain_pickle_is_not_a_checkpoint_and_gives_one_line(tmp_path):
+    """torch warns about a pickle it will not load; in a real process that warning must not reach the user."""
+    path = tmp_path / "data.pkl"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))  # protocol 4+: torch warns before refusing it
+    r = run_cli("sample", "--ckpt", path, cwd=tmp_path)
+    assert_one_line_error(r.returncode, r.stderr, r"data\.pkl: it is not a PyTorch checkpoint")
+
+
+def test_a_truncated_checkpoint_is_called_that(files, capsys):
+    """Cut anywhere (torch says "[Errno 22] Invalid argument" for some cuts, "central directory" for others)."""
+    data = (files["run"] / "last.pt").read_bytes()
+    path = files["dir"] / "cut.pt"
+    for size in [*range(0, len(data), len(data) // 64), len(data) - 1]:
+        path.write_bytes(data[:size])
+        with pytest.raises(ValueError, match=rf"cannot load checkpoint .*cut\.pt: the file is truncated or corrupt "
+                                             rf"\({size:,} bytes; was a copy cut short\?\): copy it again"):
+            tinyllm.load_checkpoint(path)
+    code, out, err = call_main(["sample", "--ckpt", files["dir"] / "truncated.pt"], capsys)
+    assert_one_line_error(code, err, r"truncated\.pt: the file is truncated or corrupt .*copy it again, or use the "
+                                     r"run's other checkpoint \(best\.pt or last\.pt\)")
+    assert "Errno" not in err and out == ""
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_pickle_that_names_a_function_keeps_the_hostile_pickle_wording(tmp_path, how):
+    path = tmp_path / "x.pt"
+    if how == "torch.save":
+        torch.save({"format": tinyllm.CHECKPOINT_FORMAT, "version": 1, "f": print}, path)
+    else:
+        path.write_bytes(pickle.dumps({"f": print}, protocol=2))  # what an old torch.save wrote: a pickle
+    with pytest.raises(ValueError, match="it holds objects other than tensors and plain data, which tinyllm never "
+                                         "unpickles"):
+        tinyllm.load_checkpoint(path)
