@@ -118,6 +118,26 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def write_failed(path: Path, error: OSError) -> OSError:
+    """`error` from writing `path` (a full disk, say) as one line that names the file and what to do.
+
+    The write was atomic, so an old file at `path` is still whole: the message says so.
+    """
+    message = f"cannot write {path} ({error.strerror or error})"
+    if path.is_file():
+        message += f"; the previous {path.name} is intact"
+    in_the_way = next((p for p in path.parents if p.is_file()), None)  # e.g. README.md, for README.md/run/last.pt
+    if in_the_way:
+        message += f": {in_the_way} is a file, not a folder"
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+        message += ": free some space"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        message += ": choose a folder you can write to"
+    failure = type(error)(message)  # without "[Errno 28]" in front, which tells a user nothing
+    failure.errno = error.errno
+    return failure
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half of one.
 
@@ -125,8 +145,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     the temporary file is then renamed over `path` (a rename within one filesystem is atomic).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_failed(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -136,9 +159,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_failed(path, e) from None
         raise
 
 
@@ -1510,6 +1535,17 @@ def same_on_all_ranks(value):
     return value
 
 
+def check_run_dir(out: Path) -> None:
+    """Refuse a run directory that cannot be written before training, not when the first checkpoint is saved."""
+    existing = next(p for p in (out, *out.parents) if p.exists())  # out itself, or the folder it would be made in
+    if not existing.is_dir():
+        raise NotADirectoryError(f"--out {out} cannot hold a run: {existing} is a file, not a folder; choose another "
+                                 "--out, e.g. runs/my-run")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out} cannot hold a run: {existing} is not writable for you; choose an --out "
+                              "folder you can write to")
+
+
 def cmd_train(args) -> int:
     if args.sample_tokens < 0:  # checked now, not after the whole run
         raise ValueError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
@@ -1518,6 +1554,7 @@ def cmd_train(args) -> int:
         sys.stdout = open(os.devnull, "w")  # under torchrun only rank 0 prints; errors still reach stderr
     if args.resume:
         out = Path(same_on_all_ranks(str(find_run_to_resume(args.out))))
+        check_run_dir(out)
         if is_main_process():
             remove_stale_temp_files(out)  # a crash mid-save leaves one; gone even if there is nothing to resume
         state = load_checkpoint(out / "last.pt")
@@ -1538,6 +1575,7 @@ def cmd_train(args) -> int:
         out = Path(same_on_all_ranks(args.out or str(new_run_dir())))
         if (out / "last.pt").exists() or (out / "best.pt").exists():
             raise FileExistsError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+        check_run_dir(out)
         text = load_text(args.data, args.data_dir)
         if args.tokenizer == "char":
             tokenizer = CharTokenizer.from_text(text)
@@ -1577,6 +1615,10 @@ def cmd_train(args) -> int:
             print(f"\ninterrupted: last.pt saved in {out}. Resume with: python tinyllm.py train --resume --out {out}",
                   file=sys.stderr)
         return 130
+    except OSError as e:  # e.g. the disk filled up while saving: last.pt, if there is one, is whole
+        if not (out / "last.pt").is_file():
+            raise
+        raise type(e)(f"{e}. Then resume with: python tinyllm.py train --resume --out {out}") from None
     if not is_main_process():
         return 0  # rank 0 reports and samples
     final = history[-1] if history else None

@@ -34,6 +34,7 @@ MODULE_ONLY = {
     "prepare_data",
     "start_distributed",
     "same_on_all_ranks",
+    "check_run_dir",
     "cmd_train",
     "cmd_sample",
     "main",

@@ -5,6 +5,8 @@ without paying for a Python start per case); a sample of it also runs as real su
 kill/Ctrl-C tests always do.
 """
 
+import errno
+import os
 import pickle
 import random
 import re
@@ -320,3 +322,99 @@ def test_a_pickle_that_names_a_function_keeps_the_hostile_pickle_wording(tmp_pat
     with pytest.raises(ValueError, match="it holds objects other than tensors and plain data, which tinyllm never "
                                          "unpickles"):
         tinyllm.load_checkpoint(path)
+
+
+# --- --out that cannot hold a run, and a disk that fills up: which path, what to do, nothing lost -----------
+
+@pytest.mark.parametrize("out", ["README.md", "README.md/run"])
+def test_out_where_a_file_is_says_so_before_any_work(tmp_path, corpus_file, capsys, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# my notes\n", encoding="utf-8")
+    code, stdout, err = call_main(["train", "--data", corpus_file, "--out", out, *TINY], capsys)
+    assert_one_line_error(code, err, rf"--out {re.escape(out)} cannot hold a run: README\.md is a file, not a folder; "
+                                     r"choose another --out, e.g\. runs/my-run$")
+    assert stdout == ""  # refused before the data was read or a model built
+    assert readme.read_text(encoding="utf-8") == "# my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "corpus.txt"]
+
+
+def test_out_in_a_folder_you_cannot_write_says_so_before_any_work(tmp_path, corpus_file, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: pretend not to be root
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: real_access(p, mode) and Path(p) != locked)
+    try:
+        code, stdout, err = call_main(["train", "--data", corpus_file, "--out", locked / "run", *TINY], capsys)
+    finally:
+        locked.chmod(0o755)
+    assert_one_line_error(code, err, rf"--out .*locked/run cannot hold a run: {re.escape(str(locked))} is not writable "
+                                     r"for you; choose an --out folder you can write to$")
+    assert stdout == "" and list(locked.iterdir()) == []
+
+
+def full_disk_after(n: int, out: Path, kept: dict):
+    """An os.fsync that works n - 1 times, then fails as a full disk does (ENOSPC), keeping a copy of last.pt."""
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) >= n:
+            kept.setdefault("last.pt", (out / "last.pt").read_bytes() if (out / "last.pt").exists() else None)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    return fsync
+
+
+def test_a_full_disk_keeps_last_pt_and_says_how_to_go_on(tmp_path, corpus_file, capsys, monkeypatch):
+    out, kept = tmp_path / "run", {}
+    monkeypatch.setattr(os, "fsync", full_disk_after(4, out, kept))  # saves 1-3 (steps 1-3) work, the 4th fails
+    args = ["train", "--data", corpus_file, "--out", out, "--max-steps", "20", "--ckpt-interval", "1", *TINY]
+    code, _, err = call_main(args, capsys)
+    assert_one_line_error(code, err, rf"cannot write {re.escape(str(out / 'last.pt'))} \(No space left on device\); "
+                                     r"the previous last\.pt is intact: free some space\. Then resume with: python "
+                                     rf"tinyllm\.py train --resume --out {re.escape(str(out))}$")
+    assert (out / "last.pt").read_bytes() == kept["last.pt"]  # byte for byte what was there before the failed save
+    assert tinyllm.load_checkpoint(out / "last.pt")["step"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"]  # no temporary file left behind
+    monkeypatch.undo()  # space was freed: the run goes on from step 3 and finishes
+    code, stdout, err = call_main(["train", "--resume", "--out", out, "--quiet", "--sample-tokens", "5"], capsys)
+    assert code == 0, err
+    assert f"resuming {out} at step 3" in stdout and "done: step 20" in stdout
+
+
+def test_a_full_disk_before_the_first_save_in_a_real_process(tmp_path, corpus_file):
+    """The same, as a user sees it (a real process whose os.fsync fails); nothing saved yet, so nothing to resume."""
+    out = tmp_path / "run"
+    wrapper = ("import errno, os, runpy, sys\n"
+               "def fsync(fd): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+               "os.fsync = fsync\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", wrapper, str(REPO / "tinyllm.py"), "train", "--data", str(corpus_file),
+                        "--out", str(out), "--max-steps", "5", "--ckpt-interval", "1", *TINY],
+                       cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(r.returncode, r.stderr, rf"cannot write {re.escape(str(out / 'last.pt'))} \(No space left "
+                                                  r"on device\): free some space$")
+    assert list(out.iterdir()) == []
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """Every file tinyllm writes goes through atomic_write_bytes: a tokenizer, say."""
+    path = tmp_path / "tok.json"
+    tokenizer = tinyllm.CharTokenizer.from_text("abc")
+    tokenizer.save(path)
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "fsync", full_disk_after(1, tmp_path, {}))
+    with pytest.raises(OSError, match=r"^cannot write .*tok\.json \(No space left on device\); the previous tok\.json "
+                                      r"is intact: free some space$") as caught:
+        tinyllm.CharTokenizer.from_text("abcd").save(path)
+    assert caught.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["tok.json"]
+    monkeypatch.undo()
+    with pytest.raises(OSError, match=r"^cannot write .*tok\.json/x\.json \(File exists\): .*tok\.json is a file, not "
+                                      r"a folder$"):
+        tokenizer.save(path / "x.json")
