@@ -283,6 +283,15 @@ class Tokenizer:
             )
         return ids
 
+    @staticmethod
+    def _check_text(text: str) -> None:
+        """Refuse a lone surrogate ("\\ud800"): a Python string can hold one, but it is no character, and no UTF-8."""
+        bad = re.search(r"[\ud800-\udfff]", text)
+        if bad:
+            raise ValueError(f"the text holds a lone surrogate {bad.group()!r} at position {bad.start()}, which is not "
+                             "valid Unicode text (bytes that were not UTF-8?): clean it first, e.g. with "
+                             "text.encode('utf-8', 'replace').decode('utf-8')")
+
 
 class CharTokenizer(Tokenizer):
     """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with."""
@@ -298,6 +307,7 @@ class CharTokenizer(Tokenizer):
         """The vocabulary is every distinct character of `text`, sorted, so the ids never depend on order."""
         if not text:
             raise ValueError("cannot build a character tokenizer from empty text: give it the training text")
+        cls._check_text(text)
         return cls("".join(sorted(set(text))))
 
     @property
@@ -305,6 +315,7 @@ class CharTokenizer(Tokenizer):
         return len(self.chars)
 
     def encode(self, text: str) -> list[int]:
+        self._check_text(text)
         try:
             return [self.stoi[c] for c in text]
         except KeyError:
@@ -390,6 +401,7 @@ class BPETokenizer(Tokenizer):
           3. A heap hands out the most frequent pair without scanning all the counts.
         Ties go to the smallest pair (by ids), so training is deterministic.
         """
+        cls._check_text(text)
         special_tokens = list(special_tokens)
         if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
             raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
@@ -469,6 +481,7 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         """Token ids for `text`: special tokens whole, everything else chunk by chunk through the merges."""
+        self._check_text(text)
         parts = self.special_regex.split(text) if self.special_regex else [text]
         ids: list[int] = []
         for part in parts:

@@ -418,3 +418,19 @@ def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypat
     with pytest.raises(OSError, match=r"^cannot write .*tok\.json/x\.json \(File exists\): .*tok\.json is a file, not "
                                       r"a folder$"):
         tokenizer.save(path / "x.json")
+
+
+# --- a prompt that is not valid Unicode ------------------------------------------------------------------
+
+def test_a_prompt_with_a_lone_surrogate_is_one_clear_line(files, capsys, tmp_path):
+    """Bytes that are not UTF-8 on the command line reach Python as lone surrogates ("caf\\xe9" -> "caf\\udce9")."""
+    message = (r"the text holds a lone surrogate '\\udce9' at position 3, which is not valid Unicode text \(bytes that "
+               r"were not UTF-8\?\): clean it first")
+    code, out, err = call_main(["sample", "--ckpt", files["run"], "--prompt", "caf\udce9", "--max-new-tokens", "5"],
+                               capsys)
+    assert_one_line_error(code, err, message)
+    assert out == ""
+    r = subprocess.run([sys.executable, str(REPO / "tinyllm.py"), "sample", "--ckpt", str(files["run"]), "--prompt",
+                        b"caf\xe9"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(r.returncode, r.stderr, message)
+

@@ -395,3 +395,26 @@ def test_loading_a_missing_file_or_a_folder(tmp_path):
         load_tokenizer(tmp_path / "nothing.json")
     with pytest.raises(FileNotFoundError, match="no tokenizer file"):
         load_tokenizer(tmp_path)
+
+
+# ---- text that is not valid Unicode ------------------------------------------------------------------------
+
+LONE_SURROGATE = r"the text holds a lone surrogate '\\ud800' at position 4, which is not valid Unicode text .*" \
+                 r"clean it first, e\.g\. with text\.encode\('utf-8', 'replace'\)"
+
+
+def test_a_lone_surrogate_is_a_clear_error_for_bpe(bpe):
+    with pytest.raises(ValueError, match=LONE_SURROGATE):  # was UnicodeEncodeError, from deep inside encode
+        bpe.encode("The \ud800 king")
+    with pytest.raises(ValueError, match=LONE_SURROGATE):
+        BPETokenizer.train("The \ud800 king", 260)
+    cleaned = "The \ud800 king".encode("utf-8", "replace").decode("utf-8")  # the cure the message suggests
+    assert bpe.decode(bpe.encode(cleaned)) == cleaned == "The ? king"
+
+
+def test_a_lone_surrogate_is_a_clear_error_for_chars():
+    tok = CharTokenizer.from_text("The king")
+    with pytest.raises(ValueError, match=LONE_SURROGATE):  # was "not in this tokenizer's vocabulary: ... use BPE"
+        tok.encode("The \ud800 king")
+    with pytest.raises(ValueError, match=LONE_SURROGATE):  # was accepted, and the tokenizer could not be saved
+        CharTokenizer.from_text("The \ud800 king")
