@@ -538,10 +538,13 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
             or not all(s for s in specials)):
         raise ValueError(f"malformed BPE tokenizer: special tokens must be non-empty strings with the ids "
                          f"{n}..{n + len(specials) - 1}, one each")
-    try:
-        re.compile(pattern)
-    except (re.error, OverflowError, RecursionError) as e:  # e.g. "a{99999999999}", or deeply nested groups
-        raise ValueError(f"malformed BPE tokenizer: bad split pattern ({e})") from None
+    # A pattern is a program for the regex engine, and a hostile one (say "(a+)+$") can take hours over one
+    # line of text. So a file may only name the patterns tinyllm writes: today's, and the one before "_" was
+    # counted as punctuation. Another pattern can still be given in code: BPETokenizer(merges, specials, pattern).
+    if pattern not in (SPLIT_PATTERN, r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+"):
+        raise ValueError("bad split pattern in BPE tokenizer: tinyllm reads only its own (SPLIT_PATTERN, or the one "
+                         "before it), since a regex from a file could make encoding hang; for another pattern, build "
+                         "BPETokenizer(merges, special_tokens, pattern) in code")
     return BPETokenizer([tuple(m) for m in merges], specials, pattern)
 
 
@@ -558,7 +561,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise ValueError(f"{path} is not a tinyllm tokenizer file (no \"format\": \"{TOKENIZER_FORMAT}\" in it)")
     if "version" not in data:
         raise ValueError(f"{path} has no format version: it was not written by Tokenizer.save")
-    return tokenizer_from_dict(data)
+    try:
+        return tokenizer_from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None  # which file, too
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1420,7 +1426,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         raise ValueError(f"{path} is damaged: its model does not match its config ({str(e).splitlines()[0]})") from None
     data["model"] = model.to(device)
     data["model_config"] = config
-    data["tokenizer"] = tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None
+    try:
+        data["tokenizer"] = tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None  # which file, too
     if data.get("train_config"):
         data["train_config"] = TrainConfig(**data["train_config"])
     return data

@@ -434,3 +434,13 @@ def test_a_prompt_with_a_lone_surrogate_is_one_clear_line(files, capsys, tmp_pat
                         b"caf\xe9"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert_one_line_error(r.returncode, r.stderr, message)
 
+
+def test_a_checkpoint_whose_tokenizer_has_a_hostile_split_pattern(files, capsys):
+    raw = torch.load(files["run"] / "last.pt", weights_only=True)
+    raw["tokenizer"] = {"type": "bpe", "merges": [], "special_tokens": {}, "pattern": r"(a+)+$"}
+    path = files["dir"] / "hostile-pattern.pt"
+    torch.save(raw, path)
+    code, out, err = call_main(["sample", "--ckpt", path, "--prompt", "a" * 40 + "b"], capsys)
+    assert_one_line_error(code, err, r"hostile-pattern\.pt: bad split pattern in BPE tokenizer: tinyllm reads only "
+                                     r"its own \(SPLIT_PATTERN, or the one before it\)")
+    assert out == ""
