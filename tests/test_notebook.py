@@ -26,6 +26,8 @@ BUILDER_PATH = ROOT / ".ci" / "build_notebook.py"
 # distributed training (section 14), and the export to Hugging Face (section 15). The builder reads
 # this set too, so it is the one list to edit.
 MODULE_ONLY = {
+    # 13. Saving and loading
+    "why_not_loaded",
     # 14. The command line
     "CLIParser",
     "build_parser",
