@@ -239,6 +239,15 @@ class Tokenizer:
             )
         return ids
 
+    @staticmethod
+    def _check_text(text: str) -> None:
+        """Refuse a lone surrogate ("\\ud800"): a Python string can hold one, but it is no character, and no UTF-8."""
+        bad = re.search(r"[\ud800-\udfff]", text)
+        if bad:
+            raise ValueError(f"the text holds a lone surrogate {bad.group()!r} at position {bad.start()}, which is not "
+                             "valid Unicode text (bytes that were not UTF-8?): clean it first, e.g. with "
+                             "text.encode('utf-8', 'replace').decode('utf-8')")
+
 
 class CharTokenizer(Tokenizer):
     """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with."""
@@ -254,6 +263,7 @@ class CharTokenizer(Tokenizer):
         """The vocabulary is every distinct character of `text`, sorted, so the ids never depend on order."""
         if not text:
             raise ValueError("cannot build a character tokenizer from empty text: give it the training text")
+        cls._check_text(text)
         return cls("".join(sorted(set(text))))
 
     @property
@@ -261,6 +271,7 @@ class CharTokenizer(Tokenizer):
         return len(self.chars)
 
     def encode(self, text: str) -> list[int]:
+        self._check_text(text)
         try:
             return [self.stoi[c] for c in text]
         except KeyError:
@@ -340,6 +351,7 @@ def learn_merges(text: str, n_merges: int, special_tokens: Sequence[str] = (),
       3. A heap hands out the most frequent pair without scanning all the counts.
     Special tokens are cut out of the text first, so no merge ever learns a piece of one.
     """
+    Tokenizer._check_text(text)
     longest_first = sorted(special_tokens, key=len, reverse=True)
     parts = re.split("|".join(map(re.escape, longest_first)), text) if special_tokens else [text]
     chunk_counts: dict[str, int] = {}
@@ -447,6 +459,7 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         """Token ids for `text`: special tokens whole, every other chunk through the merges."""
+        self._check_text(text)
         ids: list[int] = []
         for part in self.special_regex.split(text) if self.special_regex else [text]:
             if part in self.special_tokens:
@@ -545,7 +558,6 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: "ModelConfig"):
         super().__init__()
-        assert cfg.d_model % cfg.n_head == 0, "d_model must be divisible by n_head"
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # queries, keys, values in one matmul
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -680,6 +692,23 @@ class ModelConfig:
     d_ff: int = 768  # hidden width of the SwiGLU feed-forward layer
     dropout: float = 0.0
     rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        """Refuse a shape the network cannot take here, rather than with a puzzling error deep in a forward pass."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}): "
+                             "each head gets d_model / n_head channels")
+        if self.d_model // self.n_head % 2:
+            raise ValueError(f"the head size d_model / n_head = {self.d_model // self.n_head} must be even: "
+                             "RoPE rotates channels in pairs")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be at least 0 and below 1, got {self.dropout}")
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta}")
 
     @classmethod
     def from_preset(cls, name: str, vocab_size: int, **overrides) -> "ModelConfig":
@@ -1261,10 +1290,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ti
 # ==============================================================================================
 
 import argparse  # noqa: E402  (Part II's own imports: the chapter above needs none of them)
+import errno  # noqa: E402
 import io  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
+import warnings  # noqa: E402
 from dataclasses import fields  # noqa: E402
 
 from tqdm.auto import tqdm  # noqa: E402
@@ -1275,6 +1306,26 @@ from tqdm.auto import tqdm  # noqa: E402
 # ----------------------------------------------------------------------------------------------
 # Section 13's format, written so that a crash never leaves half a file, and read as untrusted input.
 
+def write_failed(path: Path, error: OSError) -> OSError:
+    """`error` from writing `path` (a full disk, say) as one line that names the file and what to do.
+
+    The write was atomic, so an old file at `path` is still whole: the message says so.
+    """
+    message = f"cannot write {path} ({error.strerror or error})"
+    if path.is_file():
+        message += f"; the previous {path.name} is intact"
+    in_the_way = next((p for p in path.parents if p.is_file()), None)  # e.g. README.md, for README.md/run/last.pt
+    if in_the_way:
+        message += f": {in_the_way} is a file, not a folder"
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+        message += ": free some space"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        message += ": choose a folder you can write to"
+    failure = type(error)(message)  # without "[Errno 28]" in front, which tells a user nothing
+    failure.errno = error.errno
+    return failure
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half of one.
 
@@ -1282,8 +1333,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     the temporary file is then renamed over `path` (a rename within one filesystem is atomic).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_failed(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -1293,9 +1347,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_failed(path, e) from None
         raise
 
 
@@ -1341,10 +1397,13 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
             or not all(s for s in specials)):
         raise ValueError(f"malformed BPE tokenizer: special tokens must be non-empty strings with the ids "
                          f"{n}..{n + len(specials) - 1}, one each")
-    try:
-        re.compile(pattern)
-    except (re.error, OverflowError, RecursionError) as e:  # e.g. "a{99999999999}", or deeply nested groups
-        raise ValueError(f"malformed BPE tokenizer: bad split pattern ({e})") from None
+    # A pattern is a program for the regex engine, and a hostile one (say "(a+)+$") can take hours over one
+    # line of text. So a file may only name the patterns tinyllm writes: today's, and the one before "_" was
+    # counted as punctuation. Another pattern can still be given in code: BPETokenizer(merges, specials, pattern).
+    if pattern not in (SPLIT_PATTERN, r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+"):
+        raise ValueError("bad split pattern in BPE tokenizer: tinyllm reads only its own (SPLIT_PATTERN, or the one "
+                         "before it), since a regex from a file could make encoding hang; for another pattern, build "
+                         "BPETokenizer(merges, special_tokens, pattern) in code")
     return BPETokenizer([tuple(m) for m in merges], specials, pattern)
 
 
@@ -1361,7 +1420,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise ValueError(f"{path} is not a tinyllm tokenizer file (no \"format\": \"{TOKENIZER_FORMAT}\" in it)")
     if "version" not in data:
         raise ValueError(f"{path} has no format version: it was not written by Tokenizer.save")
-    return tokenizer_from_dict(data)
+    try:
+        return tokenizer_from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None  # which file, too
 
 
 def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokenizer] = None, **extra) -> None:
@@ -1388,6 +1450,25 @@ def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokeni
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+def why_not_loaded(path: Path, error: Exception) -> str:
+    """Why torch.load refused `path`, in words that say what to do.
+
+    torch.save writes a zip archive (before PyTorch 1.6, a pickle that starts with a magic number), so
+    the first bytes tell a file that is no checkpoint at all from one that was cut short or damaged.
+    """
+    if "GLOBAL" in str(error):  # torch's weights_only unpickler met a class or function: maybe code to run
+        return "it holds objects other than tensors and plain data, which tinyllm never unpickles"
+    if isinstance(error, OSError) and error.errno != errno.EINVAL:  # EINVAL: torch reading past the end of a cut file
+        return error.strerror or str(error)  # e.g. "Permission denied"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (b"PK\x03\x04".startswith(head) or b"\x80\x02\x8a\x0a".startswith(head)):
+        return ("it is not a PyTorch checkpoint (torch.save did not write it): give a .pt file or a run directory "
+                "from `tinyllm.py train`")
+    return (f"the file is truncated or corrupt ({path.stat().st_size:,} bytes; was a copy cut short?): copy it again, "
+            "or use the run's other checkpoint (best.pt or last.pt)")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """Load a checkpoint file (or a run directory's best.pt) as a dict with a ready "model" and "tokenizer".
 
@@ -1401,12 +1482,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: give a .pt file or a run directory from `tinyllm.py train`")
     try:
-        data = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a plain pickle before refusing it: one line is enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds objects other than tensors and plain data, which tinyllm never unpickles"
-        raise ValueError(f"cannot load checkpoint {path}: {reason}") from None
+        raise ValueError(f"cannot load checkpoint {path}: {why_not_loaded(path, e)}") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a tinyllm checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:
@@ -1414,10 +1494,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
                          f"version {CHECKPOINT_VERSION}: use the tinyllm release that wrote it")
     try:
         model = model_from_checkpoint(data, device)
-    except (TypeError, KeyError, RuntimeError, ValueError) as e:
+    except (TypeError, KeyError, RuntimeError, ValueError) as e:  # ValueError: a config ModelConfig refuses
         raise ValueError(f"{path} is damaged: its model does not match its config ({str(e).splitlines()[0]})") from None
     data["model"], data["model_config"] = model, model.config
-    data["tokenizer"] = tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None
+    try:
+        data["tokenizer"] = tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None  # which file, too
     if data.get("train_config"):
         data["train_config"] = TrainConfig(**data["train_config"])
     if "step" in data:  # a training checkpoint: where the run stands, as one object
@@ -1734,6 +1817,17 @@ def find_run_to_resume(out: Optional[str]) -> Path:
     return Path(out)
 
 
+def check_run_dir(out: Path) -> None:
+    """Refuse a run directory that cannot be written before training, not when the first checkpoint is saved."""
+    existing = next(p for p in (out, *out.parents) if p.exists())  # out itself, or the folder it would be made in
+    if not existing.is_dir():
+        raise NotADirectoryError(f"--out {out} cannot hold a run: {existing} is a file, not a folder; choose another "
+                                 "--out, e.g. runs/my-run")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out} cannot hold a run: {existing} is not writable for you; choose an --out "
+                              "folder you can write to")
+
+
 def cmd_train(args) -> int:
     if args.sample_tokens < 0:  # checked now, not after the whole run
         raise ValueError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
@@ -1742,6 +1836,7 @@ def cmd_train(args) -> int:
         sys.stdout = open(os.devnull, "w")  # under torchrun only rank 0 prints; errors still reach stderr
     if args.resume:
         out = Path(same_on_all_ranks(str(find_run_to_resume(args.out))))
+        check_run_dir(out)
         if is_main_process():
             remove_stale_temp_files(out)  # a crash mid-save leaves one; gone even if there is nothing to resume
         state = load_checkpoint(out / "last.pt")
@@ -1762,6 +1857,7 @@ def cmd_train(args) -> int:
         out = Path(same_on_all_ranks(args.out or str(new_run_dir())))
         if (out / "last.pt").exists() or (out / "best.pt").exists():
             raise FileExistsError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+        check_run_dir(out)
         text = load_text(args.data, args.data_dir)
         if args.tokenizer == "char":
             tokenizer = CharTokenizer.from_text(text)
@@ -1801,6 +1897,10 @@ def cmd_train(args) -> int:
             print(f"\ninterrupted: last.pt saved in {out}. Resume with: python tinyllm.py train --resume --out {out}",
                   file=sys.stderr)
         return 130
+    except OSError as e:  # e.g. the disk filled up while saving: last.pt, if there is one, is whole
+        if not (out / "last.pt").is_file():
+            raise
+        raise type(e)(f"{e}. Then resume with: python tinyllm.py train --resume --out {out}") from None
     if not is_main_process():
         return 0  # rank 0 reports and samples
     final = history[-1] if history else None
