@@ -43,6 +43,19 @@ MODULE_ONLY = {
     "hf_tokenizer",
     "export_hf",
     "cmd_export",
+    # 16. Export to ONNX and the web
+    "EXPORT_MARKER",
+    "WEB_DIR",
+    "ORT_WEB_FILES",
+    "export_files_owned",
+    "export_folder",
+    "export_source",
+    "js_split_pattern",
+    "onnx_model_bytes",
+    "write_onnx",
+    "export_onnx",
+    "export_web",
+    "cmd_export_onnx_or_web",
 }
 
 # Functions only the notebook defines: plotting helpers, the reader's exercise answers, self-checks.
