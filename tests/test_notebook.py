@@ -51,6 +51,7 @@ MODULE_ONLY = {
     "export_folder",
     "export_source",
     "js_split_pattern",
+    "CachedForward",
     "onnx_model_bytes",
     "write_onnx",
     "export_onnx",

@@ -229,7 +229,33 @@ def test_onnx_json_holds_config_and_tokenizer(onnx_export, bpe_run):
     ckpt = tinyllm.load_checkpoint(bpe_run)
     assert info["config"] == tinyllm.asdict(ckpt["model"].config)
     assert tinyllm.tokenizer_from_dict(info["tokenizer"]).to_dict() == ckpt["tokenizer"].to_dict()
-    assert (info["input"], info["output"], info["parameters"]) == ("idx", "logits", ckpt["model"].num_params())
+    assert (info["kv_cache"], info["parameters"]) == (False, ckpt["model"].num_params())
+
+
+def test_onnx_with_kv_cache_generates_pytorchs_tokens(bpe_run, tmp_path):
+    """The cached step, prompt first and then one token at a time past the context, as generate does it."""
+    import numpy as np
+
+    path = tinyllm.export_onnx(bpe_run, tmp_path / "kv" / "model.onnx", kv_cache=True)
+    info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    ckpt = tinyllm.load_checkpoint(bpe_run)
+    model, tok = ckpt["model"].eval(), ckpt["tokenizer"]
+    session = onnxruntime.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == ["idx", "seen", "k_cache", "v_cache"]
+    n = 3 * model.config.block_size
+    prompt = tok.encode(PROMPT)
+    want = model.generate(torch.tensor([prompt]), n, temperature=0)[0, -n:].tolist()
+    k = v = np.zeros(info["cache_shape"], np.float32)
+    cache, feed, seen, got = model.new_cache(1), prompt[-model.config.block_size:], 0, []
+    for _ in range(n):
+        logits, k, v = session.run(None, {"idx": np.array([feed]), "seen": np.array(seen), "k_cache": k, "v_cache": v})
+        with torch.no_grad():
+            ours = model(torch.tensor([feed]), cache=cache)[0].numpy()
+        assert abs(logits - ours).max() < 1e-4, (seen, abs(logits - ours).max())
+        seen += len(feed)
+        feed = [int(logits[0, -1].argmax())]
+        got += feed
+    assert got == want
 
 
 def test_cli_onnx(tmp_path, char_run):
@@ -383,7 +409,7 @@ def page_url(base: str, prompt: str, tokens: int, temperature: float = 0.0, **mo
 
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run"])
 def test_page_generates_pytorchs_greedy_tokens(run_name, request, chromium, serve, tmp_path):
-    """The page's own code, in a browser, continues a prompt longer than the context as generate does."""
+    """The page's own code, in a browser, continues a prompt longer than the context as `sample` does."""
     run = request.getfixturevalue(run_name)
     site = tmp_path / "site"
     result = run_cli("export", "--ckpt", run, "--web", site)
@@ -391,7 +417,7 @@ def test_page_generates_pytorchs_greedy_tokens(run_name, request, chromium, serv
     ckpt = tinyllm.load_checkpoint(run)
     model, tok = ckpt["model"], ckpt["tokenizer"]
     n = 2 * model.config.block_size  # the window slides
-    new = model.generate(torch.tensor([tok.encode(PROMPT)]), n, temperature=0, use_cache=False)[0, -n:].tolist()
+    new = model.generate(torch.tensor([tok.encode(PROMPT)]), n, temperature=0)[0, -n:].tolist()  # with the cache
     base = serve(site)
     assert open_page(chromium, page_url(base, PROMPT, n), tmp_path) == ("done", PROMPT + tok.decode(new))
     # top-k 1 samples the most likely token: the sampling path gives the greedy text too

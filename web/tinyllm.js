@@ -1,6 +1,6 @@
-// tinyllm in the browser. The model (model.onnx: token ids -> logits) runs in onnxruntime-web; the
-// tokenizer and the sampling loop are tinyllm.py's, written again in JavaScript. model.json holds the
-// config and the tokenizer. index.html?prompt=TEXT&tokens=N&temperature=T&top_k=K&seed=S generates
+// tinyllm in the browser. The model (model.onnx: new token ids and the KV cache -> logits and the new
+// cache) runs in onnxruntime-web; the tokenizer and the sampling loop are tinyllm.py's, written again
+// in JavaScript. model.json holds the config and the tokenizer. index.html?prompt=TEXT&tokens=N&temperature=T&top_k=K&seed=S generates
 // on load, and the page's state (loading, ready, running, done, error) is in <body data-state>.
 
 const ORT_VERSION = "1.30.0"; // onnxruntime-web, as pinned in package.json
@@ -92,7 +92,7 @@ export function makeTokenizer(info) {
   throw new Error("model.json holds no tokenizer: export a checkpoint from tinyllm.py train");
 }
 
-// ---- Sampling: tinyllm.py's sample_token and generate (without the KV cache) -------------------
+// ---- Sampling: tinyllm.py's sample_token and generate -----------------------------------------
 
 export function sampleToken(logits, temperature, topK, random) {
   // temperature 0 is greedy (the first of equal maxima, as torch.argmax); otherwise sample from
@@ -118,16 +118,15 @@ export function seededRandom(seed) {
   };
 }
 
-export async function* generateTokens(forward, ids, maxNewTokens, blockSize, pick) {
-  // Each step runs the model on the last blockSize tokens, so the window slides once the text outgrows
-  // the context (the graph has no context check: a longer input would fail inside the runtime).
-  ids = ids.slice(-blockSize);
+export async function* generateTokens(step, ids, maxNewTokens, blockSize, pick) {
+  // As tinyllm.py's generate with its KV cache: the prompt's last blockSize tokens go in at once, then
+  // each new token alone; the cache holds the last blockSize tokens, so the window slides past the context.
+  let feed = ids.slice(-blockSize);
   for (let n = 0; n < maxNewTokens; n++) {
-    const window = ids.slice(-blockSize);
-    const logits = await forward(window); // (T, vocab_size), flat
-    const vocab = logits.length / window.length;
-    const token = pick(logits.subarray((window.length - 1) * vocab));
-    ids.push(token);
+    const logits = await step(feed); // (feed.length, vocab_size), flat
+    const vocab = logits.length / feed.length;
+    const token = pick(logits.subarray((feed.length - 1) * vocab));
+    feed = [token];
     yield token;
   }
 }
@@ -157,7 +156,20 @@ function readSettings() {
   return { temperature, topK, tokens };
 }
 
-async function run(forward, tokenizer, blockSize, prompt, seed) {
+function cachedStep(ort, session, cacheShape) {
+  // One call of model.onnx (tinyllm.py's CachedForward): the new tokens in, their logits out. The
+  // cache, and how many tokens it has seen, stay in here from one call to the next.
+  const zeros = () => new ort.Tensor("float32", new Float32Array(cacheShape.reduce((a, b) => a * b)), cacheShape);
+  let kCache = zeros(), vCache = zeros(), seen = 0;
+  return async (tokens) => {
+    const idx = new ort.Tensor("int64", BigInt64Array.from(tokens, BigInt), [1, tokens.length]);
+    const out = await session.run({ idx, seen: new ort.Tensor("int64", BigInt64Array.of(BigInt(seen)), []), k_cache: kCache, v_cache: vCache });
+    [kCache, vCache, seen] = [out.new_k_cache, out.new_v_cache, seen + tokens.length];
+    return out.logits.data;
+  };
+}
+
+async function run(newStep, tokenizer, blockSize, prompt, seed) {
   const output = $("output");
   document.body.dataset.state = "running";
   $("generate").disabled = true;
@@ -171,7 +183,7 @@ async function run(forward, tokenizer, blockSize, prompt, seed) {
     const start = performance.now();
     let shown = start;
     output.textContent = prompt;
-    for await (const token of generateTokens(forward, ids, tokens, blockSize, pick)) {
+    for await (const token of generateTokens(newStep(), ids, tokens, blockSize, pick)) {
       generated.push(token);
       // Hold back a trailing U+FFFD: a BPE token can be half a character, the next one completes it.
       output.textContent = prompt + tokenizer.decode(generated).replace(/\uFFFD+$/, "");
@@ -195,10 +207,7 @@ async function main() {
     const session = await ort.InferenceSession.create("model.onnx");
     const tokenizer = makeTokenizer(info);
     const blockSize = info.config.block_size;
-    const forward = async (window) => {
-      const idx = new ort.Tensor("int64", BigInt64Array.from(window, BigInt), [1, window.length]);
-      return (await session.run({ idx })).logits.data;
-    };
+    const newStep = () => cachedStep(ort, session, info.cache_shape);
     $("about").textContent = `A tiny language model of ${info.parameters.toLocaleString("en")} parameters, trained ` +
       `from scratch with tinyllm, generating text in your browser (context: ${blockSize} tokens, ` +
       `${info.tokenizer.type === "char" ? "one per character" : "byte-level BPE"}).`;
@@ -206,12 +215,12 @@ async function main() {
     for (const [name, id] of [["prompt", "prompt"], ["temperature", "temperature"], ["top_k", "top-k"], ["tokens", "tokens"]]) {
       if (params.has(name)) $(id).value = params.get(name);
     }
-    $("generate").onclick = () => run(forward, tokenizer, blockSize, $("prompt").value, params.get("seed"));
+    $("generate").onclick = () => run(newStep, tokenizer, blockSize, $("prompt").value, params.get("seed"));
     $("generate").disabled = false;
     $("output").textContent = "";
     document.body.dataset.state = "ready";
     // The URL's prompt as it is (a textarea would turn "\r\n" into "\n").
-    if (params.has("prompt")) await run(forward, tokenizer, blockSize, params.get("prompt"), params.get("seed"));
+    if (params.has("prompt")) await run(newStep, tokenizer, blockSize, params.get("prompt"), params.get("seed"));
   } catch (error) {
     $("output").textContent = `could not load the model: ${error.message ?? error}`;
     document.body.dataset.state = "error";
