@@ -1765,10 +1765,11 @@ def cmd_export(args) -> int:
 # ----------------------------------------------------------------------------------------------
 # ONNX is a file format for a computation graph and its weights that runtimes in many languages
 # run: onnxruntime in Python, C++ or C#, and onnxruntime-web in a browser (WebAssembly). The graph
-# is the model's forward pass, token ids -> logits; the tokenizer and the sampling loop are short
-# enough to write again in JavaScript (web/tinyllm.js), so a static page can generate text with no
-# server behind it. Every export goes through `export_folder`, which never overwrites a folder
-# that is not a tinyllm export unless told to. onnx is needed only here, and imported only here.
+# is the model's forward pass, token ids -> logits, or for the web page a step of generation with
+# the KV cache; the tokenizer and the sampling loop are short enough to write again in JavaScript
+# (web/tinyllm.js), so a static page can generate text with no server behind it. Every export goes
+# through `export_folder`, which never writes into a folder that is not a tinyllm export unless
+# told to. onnx is needed only here, and imported only here.
 
 EXPORT_MARKER = "tinyllm_export.json"  # what marks a folder as a tinyllm export, and lists its files
 WEB_DIR = Path(__file__).resolve().parent / "web"  # the page's template files

@@ -189,7 +189,10 @@ async function run(newStep, tokenizer, blockSize, prompt, seed) {
       output.textContent = prompt + tokenizer.decode(generated).replace(/\uFFFD+$/, "");
       const now = performance.now(), seconds = (now - start) / 1000;
       $("stats").textContent = `${generated.length} tokens` + (seconds > 0 ? `, ${(generated.length / seconds).toFixed(1)} tokens/s` : "");
-      if (now - shown > 50) await new Promise((resolve) => setTimeout(resolve)), (shown = now); // let the page paint
+      if (now - shown > 50) { // let the page paint now and then
+        await new Promise((resolve) => setTimeout(resolve));
+        shown = now;
+      }
     }
     output.textContent = prompt + tokenizer.decode(generated);
     document.body.dataset.state = "done";
@@ -203,7 +206,8 @@ async function run(newStep, tokenizer, blockSize, prompt, seed) {
 
 async function main() {
   try {
-    const [ort, info] = await Promise.all([loadRuntime(), fetch("model.json").then((r) => r.json())]);
+    const info = await fetch("model.json").then((r) => (r.ok ? r.json() : Promise.reject(new Error(`model.json: HTTP ${r.status}`))));
+    const ort = await loadRuntime();
     const session = await ort.InferenceSession.create("model.onnx");
     const tokenizer = makeTokenizer(info);
     const blockSize = info.config.block_size;
