@@ -370,13 +370,19 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class CDNHandler(QuietHandler):
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")  # as jsdelivr does: scripts of other sites may load it
+        super().end_headers()
+
+
 @pytest.fixture
 def serve():
     """serve(folder) -> the URL of folder, served on 127.0.0.1 by a plain static server."""
     servers = []
 
-    def start(folder: Path) -> str:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    def start(folder: Path, handler: type = QuietHandler) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}/"
@@ -422,6 +428,18 @@ def test_page_generates_pytorchs_greedy_tokens(run_name, request, chromium, serv
     assert open_page(chromium, page_url(base, PROMPT, n), tmp_path) == ("done", PROMPT + tok.decode(new))
     # top-k 1 samples the most likely token: the sampling path gives the greedy text too
     assert open_page(chromium, page_url(base, PROMPT, n, 0.8, top_k=1, seed=1), tmp_path) == ("done", PROMPT + tok.decode(new))
+
+
+def test_page_without_the_runtime_loads_it_from_the_cdn(chromium, serve, char_run, tmp_path):
+    """Runtime files missing beside the page: it takes them from the CDN (a local stand-in here)."""
+    site = tinyllm.export_web(char_run, tmp_path / "site")
+    for name in tinyllm.ORT_WEB_FILES:
+        (site / name).unlink()
+    cdn = serve(REPO / "web" / "node_modules" / "onnxruntime-web" / "dist", CDNHandler)
+    script = (site / "tinyllm.js").read_text(encoding="utf-8")
+    assert "const CDN = `https://cdn.jsdelivr.net/npm/onnxruntime-web@${ORT_VERSION}/dist/`;" in script
+    (site / "tinyllm.js").write_text(re.sub(r"const CDN = `[^`]*`;", f"const CDN = {cdn!r};", script), encoding="utf-8")
+    assert open_page(chromium, page_url(serve(site), "The king", 5), tmp_path)[0] == "done"
 
 
 def test_page_answers_bad_input_with_a_message(chromium, serve, char_run, tmp_path):
