@@ -806,6 +806,7 @@ class TrainConfig:
     out_dir: Optional[str] = None  # where last.pt and best.pt go; None saves nothing
     chars_per_token: float = 1.0  # to report bits per character for any tokenizer
     progress: bool = True
+    keep_best: bool = False  # train(): end with the weights of the best evaluation (fit keeps best.pt instead)
 
     def __post_init__(self) -> None:
         """Refuse settings that would fail later with a puzzling message (a modulo by zero, a NaN loss)."""
@@ -1005,7 +1006,8 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
     """Train `model` in place; return the history, one row (a dict) per evaluation.
 
     Stops after config.max_steps or config.max_time seconds. Interrupting it (Ctrl-C, or the stop
-    button of a notebook) ends training early and still returns the history so far. The command
+    button of a notebook) ends training early and still returns the history so far. With
+    config.keep_best, a model that got worse on validation goes back to its best weights. The command
     line's runs use `fit` (Part II), the same steps plus checkpoints, resume and several GPUs.
     """
     device, cfg = pick_device(config.device), model.config
@@ -1015,7 +1017,7 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator().manual_seed(config.seed)
-    state, t0 = TrainState(), time.perf_counter()
+    state, t0, best_weights = TrainState(), time.perf_counter(), None
     try:
         while not state.finished(config):
             lr = lr_at(state.step, state.progress(config), config)
@@ -1030,10 +1032,15 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                 row = record_evaluation(state, config, val_loss, lr, cfg.block_size)
                 if config.progress:
                     print(log_line(row))
+                if config.keep_best and val_loss <= state.best_val:  # a copy of the best weights so far
+                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             elif config.progress and state.step % config.log_interval == 0:
                 print(log_line({"step": state.step, "train_loss": loss, "lr": lr, "seconds": state.elapsed}))
     except KeyboardInterrupt:
         print(f"interrupted at step {state.step}: training stopped; the history so far is kept")
+    if best_weights is not None and state.history and state.history[-1]["val_loss"] > state.best_val:
+        model.load_state_dict(best_weights)  # early stopping: the last steps made validation worse
+        print(f"kept the weights of the best evaluation (val {state.best_val:.4f}), not the last ones")
     return state.history
 
 
