@@ -1036,8 +1036,11 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             elif config.progress and state.step % config.log_interval == 0:
                 print(log_line({"step": state.step, "train_loss": loss, "lr": lr, "seconds": state.elapsed}))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # keep what was learned, and a history row for where it stopped
         print(f"interrupted at step {state.step}: training stopped; the history so far is kept")
+        if state.step and (not state.history or state.history[-1]["step"] != state.step):
+            val_loss = evaluate(model, val_data, cfg.block_size, 64, config.eval_windows, amp_dtype)
+            record_evaluation(state, config, val_loss, lr, cfg.block_size)
     if best_weights is not None and state.history and state.history[-1]["val_loss"] > state.best_val:
         model.load_state_dict(best_weights)  # early stopping: the last steps made validation worse
         print(f"kept the weights of the best evaluation (val {state.best_val:.4f}), not the last ones")

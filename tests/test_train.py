@@ -314,3 +314,23 @@ def test_keep_best_ends_with_the_weights_of_the_best_evaluation(data):
     final = tinyllm.evaluate(kept, shuffled, kept.config.block_size)
     assert final == pytest.approx(best["val_loss"], abs=1e-5)  # ... but it ends at its best point
     assert tinyllm.evaluate(plain, shuffled, plain.config.block_size) == pytest.approx(history[-1]["val_loss"], abs=1e-5)
+
+
+def test_interrupting_train_keeps_the_history_so_far(data, monkeypatch):
+    """The notebook's stop button raises KeyboardInterrupt in the cell: train returns, with a row for the last step."""
+    tok, train_ids, val_ids = data
+    steps = []
+    real_step = tinyllm.train_step
+
+    def step_then_stop(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 13:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tinyllm, "train_step", step_then_stop)
+    model = tiny_model(tok.vocab_size)
+    history = train(model, train_ids, val_ids, tiny_config(max_steps=100, eval_interval=5))
+    assert [row["step"] for row in history] == [5, 10, 12]  # the evaluations, then where it stopped
+    assert history[-1]["val_loss"] == pytest.approx(
+        tinyllm.evaluate(model, torch.as_tensor(val_ids), model.config.block_size, 64, tiny_config().eval_windows))
