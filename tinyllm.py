@@ -239,6 +239,15 @@ class Tokenizer:
             )
         return ids
 
+    @staticmethod
+    def _check_text(text: str) -> None:
+        """Refuse a lone surrogate ("\\ud800"): a Python string can hold one, but it is no character, and no UTF-8."""
+        bad = re.search(r"[\ud800-\udfff]", text)
+        if bad:
+            raise ValueError(f"the text holds a lone surrogate {bad.group()!r} at position {bad.start()}, which is not "
+                             "valid Unicode text (bytes that were not UTF-8?): clean it first, e.g. with "
+                             "text.encode('utf-8', 'replace').decode('utf-8')")
+
 
 class CharTokenizer(Tokenizer):
     """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with."""
@@ -254,6 +263,7 @@ class CharTokenizer(Tokenizer):
         """The vocabulary is every distinct character of `text`, sorted, so the ids never depend on order."""
         if not text:
             raise ValueError("cannot build a character tokenizer from empty text: give it the training text")
+        cls._check_text(text)
         return cls("".join(sorted(set(text))))
 
     @property
@@ -261,6 +271,7 @@ class CharTokenizer(Tokenizer):
         return len(self.chars)
 
     def encode(self, text: str) -> list[int]:
+        self._check_text(text)
         try:
             return [self.stoi[c] for c in text]
         except KeyError:
@@ -340,6 +351,7 @@ def learn_merges(text: str, n_merges: int, special_tokens: Sequence[str] = (),
       3. A heap hands out the most frequent pair without scanning all the counts.
     Special tokens are cut out of the text first, so no merge ever learns a piece of one.
     """
+    Tokenizer._check_text(text)
     longest_first = sorted(special_tokens, key=len, reverse=True)
     parts = re.split("|".join(map(re.escape, longest_first)), text) if special_tokens else [text]
     chunk_counts: dict[str, int] = {}
@@ -447,6 +459,7 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         """Token ids for `text`: special tokens whole, every other chunk through the merges."""
+        self._check_text(text)
         ids: list[int] = []
         for part in self.special_regex.split(text) if self.special_regex else [text]:
             if part in self.special_tokens:
@@ -639,7 +652,6 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: "ModelConfig"):
         super().__init__()
-        assert cfg.d_model % cfg.n_head == 0, "d_model must be divisible by n_head"
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # queries, keys, values in one matmul
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -775,6 +787,23 @@ class ModelConfig:
     dropout: float = 0.0
     rope_theta: float = 10000.0
 
+    def __post_init__(self) -> None:
+        """Refuse a shape the network cannot take here, rather than with a puzzling error deep in a forward pass."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}): "
+                             "each head gets d_model / n_head channels")
+        if self.d_model // self.n_head % 2:
+            raise ValueError(f"the head size d_model / n_head = {self.d_model // self.n_head} must be even: "
+                             "RoPE rotates channels in pairs")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be at least 0 and below 1, got {self.dropout}")
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta}")
+
     @classmethod
     def from_preset(cls, name: str, vocab_size: int, **overrides) -> "ModelConfig":
         return cls(vocab_size=vocab_size, **{**check_preset(name)["model"], **overrides})
@@ -871,6 +900,7 @@ class TrainConfig:
     out_dir: Optional[str] = None  # where last.pt and best.pt go; None saves nothing
     chars_per_token: float = 1.0  # to report bits per character for any tokenizer
     progress: bool = True
+    keep_best: bool = False  # train(): end with the weights of the best evaluation (fit keeps best.pt instead)
 
     def __post_init__(self) -> None:
         """Refuse settings that would fail later with a puzzling message (a modulo by zero, a NaN loss)."""
@@ -1070,7 +1100,8 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
     """Train `model` in place; return the history, one row (a dict) per evaluation.
 
     Stops after config.max_steps or config.max_time seconds. Interrupting it (Ctrl-C, or the stop
-    button of a notebook) ends training early and still returns the history so far. The command
+    button of a notebook) ends training early and still returns the history so far. With
+    config.keep_best, a model that got worse on validation goes back to its best weights. The command
     line's runs use `fit` (Part II), the same steps plus checkpoints, resume and several GPUs.
     """
     device, cfg = pick_device(config.device), model.config
@@ -1080,7 +1111,7 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
     optimizer = make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator().manual_seed(config.seed)
-    state, t0 = TrainState(), time.perf_counter()
+    state, t0, best_weights = TrainState(), time.perf_counter(), None
     try:
         while not state.finished(config):
             lr = lr_at(state.step, state.progress(config), config)
@@ -1095,10 +1126,18 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
                 row = record_evaluation(state, config, val_loss, lr, cfg.block_size)
                 if config.progress:
                     print(log_line(row))
+                if config.keep_best and val_loss <= state.best_val:  # a copy of the best weights so far
+                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             elif config.progress and state.step % config.log_interval == 0:
                 print(log_line({"step": state.step, "train_loss": loss, "lr": lr, "seconds": state.elapsed}))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # keep what was learned, and a history row for where it stopped
         print(f"interrupted at step {state.step}: training stopped; the history so far is kept")
+        if state.step and (not state.history or state.history[-1]["step"] != state.step):
+            val_loss = evaluate(model, val_data, cfg.block_size, 64, config.eval_windows, amp_dtype)
+            record_evaluation(state, config, val_loss, lr, cfg.block_size)
+    if best_weights is not None and state.history and state.history[-1]["val_loss"] > state.best_val:
+        model.load_state_dict(best_weights)  # early stopping: the last steps made validation worse
+        print(f"kept the weights of the best evaluation (val {state.best_val:.4f}), not the last ones")
     return state.history
 
 
@@ -1355,10 +1394,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ti
 # ==============================================================================================
 
 import argparse  # noqa: E402  (Part II's own imports: the chapter above needs none of them)
+import errno  # noqa: E402
 import io  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
+import warnings  # noqa: E402
 from dataclasses import fields  # noqa: E402
 
 from tqdm.auto import tqdm  # noqa: E402
@@ -1369,6 +1410,26 @@ from tqdm.auto import tqdm  # noqa: E402
 # ----------------------------------------------------------------------------------------------
 # Section 13's format, written so that a crash never leaves half a file, and read as untrusted input.
 
+def write_failed(path: Path, error: OSError) -> OSError:
+    """`error` from writing `path` (a full disk, say) as one line that names the file and what to do.
+
+    The write was atomic, so an old file at `path` is still whole: the message says so.
+    """
+    message = f"cannot write {path} ({error.strerror or error})"
+    if path.is_file():
+        message += f"; the previous {path.name} is intact"
+    in_the_way = next((p for p in path.parents if p.is_file()), None)  # e.g. README.md, for README.md/run/last.pt
+    if in_the_way:
+        message += f": {in_the_way} is a file, not a folder"
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+        message += ": free some space"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        message += ": choose a folder you can write to"
+    failure = type(error)(message)  # without "[Errno 28]" in front, which tells a user nothing
+    failure.errno = error.errno
+    return failure
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half of one.
 
@@ -1376,8 +1437,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     the temporary file is then renamed over `path` (a rename within one filesystem is atomic).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_failed(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -1387,9 +1451,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_failed(path, e) from None
         raise
 
 
@@ -1435,10 +1501,13 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
             or not all(s for s in specials)):
         raise ValueError(f"malformed BPE tokenizer: special tokens must be non-empty strings with the ids "
                          f"{n}..{n + len(specials) - 1}, one each")
-    try:
-        re.compile(pattern)
-    except (re.error, OverflowError, RecursionError) as e:  # e.g. "a{99999999999}", or deeply nested groups
-        raise ValueError(f"malformed BPE tokenizer: bad split pattern ({e})") from None
+    # A pattern is a program for the regex engine, and a hostile one (say "(a+)+$") can take hours over one
+    # line of text. So a file may only name the patterns tinyllm writes: today's, and the one before "_" was
+    # counted as punctuation. Another pattern can still be given in code: BPETokenizer(merges, specials, pattern).
+    if pattern not in (SPLIT_PATTERN, r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+"):
+        raise ValueError("bad split pattern in BPE tokenizer: tinyllm reads only its own (SPLIT_PATTERN, or the one "
+                         "before it), since a regex from a file could make encoding hang; for another pattern, build "
+                         "BPETokenizer(merges, special_tokens, pattern) in code")
     return BPETokenizer([tuple(m) for m in merges], specials, pattern)
 
 
@@ -1455,7 +1524,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise ValueError(f"{path} is not a tinyllm tokenizer file (no \"format\": \"{TOKENIZER_FORMAT}\" in it)")
     if "version" not in data:
         raise ValueError(f"{path} has no format version: it was not written by Tokenizer.save")
-    return tokenizer_from_dict(data)
+    try:
+        return tokenizer_from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None  # which file, too
 
 
 def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokenizer] = None, **extra) -> None:
@@ -1482,6 +1554,25 @@ def save_checkpoint(path: str | Path, model: TinyLLM, tokenizer: Optional[Tokeni
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+def why_not_loaded(path: Path, error: Exception) -> str:
+    """Why torch.load refused `path`, in words that say what to do.
+
+    torch.save writes a zip archive (before PyTorch 1.6, a pickle that starts with a magic number), so
+    the first bytes tell a file that is no checkpoint at all from one that was cut short or damaged.
+    """
+    if "GLOBAL" in str(error):  # torch's weights_only unpickler met a class or function: maybe code to run
+        return "it holds objects other than tensors and plain data, which tinyllm never unpickles"
+    if isinstance(error, OSError) and error.errno != errno.EINVAL:  # EINVAL: torch reading past the end of a cut file
+        return error.strerror or str(error)  # e.g. "Permission denied"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (b"PK\x03\x04".startswith(head) or b"\x80\x02\x8a\x0a".startswith(head)):
+        return ("it is not a PyTorch checkpoint (torch.save did not write it): give a .pt file or a run directory "
+                "from `tinyllm.py train`")
+    return (f"the file is truncated or corrupt ({path.stat().st_size:,} bytes; was a copy cut short?): copy it again, "
+            "or use the run's other checkpoint (best.pt or last.pt)")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """Load a checkpoint file (or a run directory's best.pt) as a dict with a ready "model" and "tokenizer".
 
@@ -1495,12 +1586,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: give a .pt file or a run directory from `tinyllm.py train`")
     try:
-        data = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a plain pickle before refusing it: one line is enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds objects other than tensors and plain data, which tinyllm never unpickles"
-        raise ValueError(f"cannot load checkpoint {path}: {reason}") from None
+        raise ValueError(f"cannot load checkpoint {path}: {why_not_loaded(path, e)}") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a tinyllm checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:
@@ -1508,10 +1598,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
                          f"version {CHECKPOINT_VERSION}: use the tinyllm release that wrote it")
     try:
         model = model_from_checkpoint(data, device)
-    except (TypeError, KeyError, RuntimeError, ValueError) as e:
+    except (TypeError, KeyError, RuntimeError, ValueError) as e:  # ValueError: a config ModelConfig refuses
         raise ValueError(f"{path} is damaged: its model does not match its config ({str(e).splitlines()[0]})") from None
     data["model"], data["model_config"] = model, model.config
-    data["tokenizer"] = tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None
+    try:
+        data["tokenizer"] = tokenizer_from_dict(data["tokenizer"]) if data.get("tokenizer") else None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None  # which file, too
     if data.get("train_config"):
         data["train_config"] = TrainConfig(**data["train_config"])
     if "step" in data:  # a training checkpoint: where the run stands, as one object
@@ -1797,12 +1890,19 @@ def build_parser() -> CLIParser:
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     s.set_defaults(func=cmd_sample)
 
-    e = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers",
+    e = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers, ONNX or a web page",
                        description="Write a checkpoint as a folder that Hugging Face transformers loads as "
-                                   "LlamaForCausalLM (config.json, model.safetensors, tokenizer.json). "
-                                   "Needs: pip install transformers safetensors")
+                                   "LlamaForCausalLM (--hf; needs: pip install transformers safetensors), as an "
+                                   "ONNX file (--onnx), or as a static web page that generates text in the browser "
+                                   "(--web; both need: pip install onnx). The folder written to must be new, empty "
+                                   "or an earlier export, unless --overwrite.")
     e.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
-    e.add_argument("--hf", required=True, metavar="DIR", help="the folder to write (created if needed)")
+    to = e.add_mutually_exclusive_group(required=True)
+    to.add_argument("--hf", metavar="DIR", help="the Hugging Face folder to write (created if needed)")
+    to.add_argument("--onnx", metavar="FILE", help="the ONNX file to write (FILE.onnx, and FILE.json beside it)")
+    to.add_argument("--web", metavar="DIR", help="the folder to write the web page into (created if needed)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds other files (files of the same names are replaced)")
     e.set_defaults(func=cmd_export)
     return parser
 
@@ -1828,6 +1928,17 @@ def find_run_to_resume(out: Optional[str]) -> Path:
     return Path(out)
 
 
+def check_run_dir(out: Path) -> None:
+    """Refuse a run directory that cannot be written before training, not when the first checkpoint is saved."""
+    existing = next(p for p in (out, *out.parents) if p.exists())  # out itself, or the folder it would be made in
+    if not existing.is_dir():
+        raise NotADirectoryError(f"--out {out} cannot hold a run: {existing} is a file, not a folder; choose another "
+                                 "--out, e.g. runs/my-run")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out} cannot hold a run: {existing} is not writable for you; choose an --out "
+                              "folder you can write to")
+
+
 def cmd_train(args) -> int:
     if args.sample_tokens < 0:  # checked now, not after the whole run
         raise ValueError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
@@ -1836,6 +1947,7 @@ def cmd_train(args) -> int:
         sys.stdout = open(os.devnull, "w")  # under torchrun only rank 0 prints; errors still reach stderr
     if args.resume:
         out = Path(same_on_all_ranks(str(find_run_to_resume(args.out))))
+        check_run_dir(out)
         if is_main_process():
             remove_stale_temp_files(out)  # a crash mid-save leaves one; gone even if there is nothing to resume
         state = load_checkpoint(out / "last.pt")
@@ -1856,6 +1968,7 @@ def cmd_train(args) -> int:
         out = Path(same_on_all_ranks(args.out or str(new_run_dir())))
         if (out / "last.pt").exists() or (out / "best.pt").exists():
             raise FileExistsError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+        check_run_dir(out)
         text = load_text(args.data, args.data_dir)
         if args.tokenizer == "char":
             tokenizer = CharTokenizer.from_text(text)
@@ -1895,6 +2008,10 @@ def cmd_train(args) -> int:
             print(f"\ninterrupted: last.pt saved in {out}. Resume with: python tinyllm.py train --resume --out {out}",
                   file=sys.stderr)
         return 130
+    except OSError as e:  # e.g. the disk filled up while saving: last.pt, if there is one, is whole
+        if not (out / "last.pt").is_file():
+            raise
+        raise type(e)(f"{e}. Then resume with: python tinyllm.py train --resume --out {out}") from None
     if not is_main_process():
         return 0  # rank 0 reports and samples
     final = history[-1] if history else None
@@ -2051,12 +2168,14 @@ def hf_tokenizer(tokenizer: Tokenizer):
     return hf
 
 
-def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: Optional[Tokenizer] = None) -> Path:
+def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: Optional[Tokenizer] = None,
+              overwrite: bool = False) -> Path:
     """Write a model (or a checkpoint file or run directory) as a Hugging Face folder; returns its path.
 
     The folder holds config.json and model.safetensors, which AutoModelForCausalLM.from_pretrained
     loads as LlamaForCausalLM, and, given a tokenizer (a checkpoint brings its own), tokenizer.json
     and tokenizer_config.json for AutoTokenizer, plus tinyllm_tokenizer.json for load_tokenizer.
+    out_dir must be new, empty or an earlier export, unless `overwrite` (see `export_folder`).
     """
     try:
         from safetensors.torch import save_file
@@ -2072,36 +2191,305 @@ def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: 
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
                          "pass the tokenizer the model was trained with")
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": cfg.d_model // cfg.n_head,
-        "hidden_act": "silu", "rms_norm_eps": model.norm.eps, "max_position_embeddings": cfg.block_size,
-        "rope_theta": cfg.rope_theta,  # transformers 4 reads this, transformers 5 the next line
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
-        "bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "torch_dtype": "float32",
-    }
-    atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode("utf-8"))
-    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer is not None:
-        tokenizer.save(out / "tinyllm_tokenizer.json")
-        try:
-            hf_tokenizer(tokenizer).save(str(out / "tokenizer.json"))
-        except ValueError as e:
-            print(f"warning: no tokenizer.json for AutoTokenizer ({e}); tinyllm_tokenizer.json has it", file=sys.stderr)
-            return out
-        tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.block_size,
-                            "clean_up_tokenization_spaces": False}  # decode() must not touch spaces
-        atomic_write_bytes(out / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2).encode("utf-8"))
+    with export_folder(out, "hf", overwrite) as folder:  # written there, then moved into out
+        config = {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": cfg.d_model // cfg.n_head,
+            "hidden_act": "silu", "rms_norm_eps": model.norm.eps, "max_position_embeddings": cfg.block_size,
+            "rope_theta": cfg.rope_theta,  # transformers 4 reads this, transformers 5 the next line
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
+            "bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "torch_dtype": "float32",
+        }
+        atomic_write_bytes(folder / "config.json", json.dumps(config, indent=2).encode("utf-8"))
+        save_file(hf_state_dict(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(folder / "tinyllm_tokenizer.json")
+            try:
+                hf_tokenizer(tokenizer).save(str(folder / "tokenizer.json"))
+            except ValueError as e:
+                print(f"warning: no tokenizer.json for AutoTokenizer ({e}); tinyllm_tokenizer.json has it", file=sys.stderr)
+                return out
+            tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.block_size,
+                                "clean_up_tokenization_spaces": False}  # decode() must not touch spaces
+            atomic_write_bytes(folder / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2).encode("utf-8"))
     return out
 
 
 def cmd_export(args) -> int:
-    out = export_hf(args.ckpt, args.hf)
+    if args.hf is None:
+        return cmd_export_onnx_or_web(args)
+    out = export_hf(args.ckpt, args.hf, overwrite=args.overwrite)
     print(f"exported {args.ckpt} to {out}. In Python: from transformers import AutoModelForCausalLM, "
           f"AutoTokenizer; model = AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# E. Export to ONNX and the web (module only)
+# ----------------------------------------------------------------------------------------------
+# ONNX is a file format for a computation graph and its weights that runtimes in many languages
+# run: onnxruntime in Python, C++ or C#, and onnxruntime-web in a browser (WebAssembly). The graph
+# is the model's forward pass, token ids -> logits, or for the web page a step of generation with
+# the KV cache; the tokenizer and the sampling loop are short enough to write again in JavaScript
+# (web/tinyllm.js), so a static page can generate text with no server behind it. Every export goes
+# through `export_folder`, which never writes into a folder that is not a tinyllm export unless
+# told to. onnx is needed only here, and imported only here.
+
+EXPORT_MARKER = "tinyllm_export.json"  # what marks a folder as a tinyllm export, and lists its files
+WEB_DIR = Path(__file__).resolve().parent / "web"  # the page's template files
+# onnxruntime-web's files that a page running on WebAssembly needs, from its npm package's dist/.
+ORT_WEB_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+
+
+def export_files_owned(out: Path) -> Optional[set[str]]:
+    """The files a previous export listed in out's marker, or None if out holds no (valid) marker."""
+    try:
+        files = json.loads((out / EXPORT_MARKER).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # Plain names only: a marker is data from disk, and "../x" would reach outside the folder.
+    if not isinstance(files, list) or not all(isinstance(f, str) and f and Path(f).name == f != ".." for f in files):
+        return None
+    return set(files) | {EXPORT_MARKER}
+
+
+@contextlib.contextmanager
+def export_folder(out_dir: str | Path, kind: str, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder to write an export into; when the block ends without error, its files replace out_dir's.
+
+    out_dir may be new, empty, or a previous tinyllm export (whose files are then replaced); a folder
+    holding anything else is refused unless `overwrite`, and even then only files of the same
+    names are replaced, never the others. Everything is written into a sibling folder first and then
+    moved in by renames (undone if one fails), so a failure halfway leaves out_dir as it was.
+    """
+    import shutil
+
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a folder: give a new or empty folder to export into")
+    present = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    owned = export_files_owned(out) or set()
+    foreign = sorted(present - owned)
+    if foreign and not overwrite:
+        names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FileExistsError(f"refusing to export into {out}: it holds files that no tinyllm export wrote ({names}); "
+                              "choose a new or empty folder, or add --overwrite (overwrite=True in Python) to write "
+                              "into it anyway, replacing only the files of the same names")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = out.parent / f".{out.name}.{os.urandom(4).hex()}.tmp"  # not mkdtemp: its mode 0700 would stick
+    new.mkdir()
+    aside = new.with_suffix(".old")  # out's replaced files wait here until the new ones are in
+    try:
+        yield new
+        files = sorted(p.name for p in new.iterdir())
+        marker = {"format": "tinyllm-export", "version": 1, "kind": kind, "files": files}
+        (new / EXPORT_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+        if not present:  # a new or empty folder: one rename puts the whole export in place
+            if out.is_dir():
+                out.rmdir()
+            new.rename(out)
+            return
+        aside.mkdir()
+        moves: list[tuple[Path, Path]] = []
+        try:
+            for name in sorted((owned | set(files) | {EXPORT_MARKER}) & present):  # the old export's, and same names
+                moves.append((out / name, aside / name))
+                os.replace(*moves[-1])
+            for name in files + [EXPORT_MARKER]:
+                moves.append((new / name, out / name))
+                os.replace(*moves[-1])
+        except BaseException:
+            for src, dst in reversed(moves):  # put everything back where it was
+                if dst.exists() or dst.is_symlink():
+                    os.replace(dst, src)
+            with contextlib.suppress(OSError):
+                aside.rmdir()  # empty again (if not, it keeps what could not be put back)
+            raise
+        shutil.rmtree(aside)  # the replaced files
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+
+
+def export_source(checkpoint: str | Path | TinyLLM, tokenizer: Optional[Tokenizer]) -> tuple[TinyLLM, Optional[Tokenizer]]:
+    """The model and tokenizer to export: a TinyLLM as given, or a checkpoint's (file or run directory)."""
+    if isinstance(checkpoint, TinyLLM):
+        model = checkpoint
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        model, tokenizer = ckpt["model"], tokenizer or ckpt["tokenizer"]
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}: "
+                         "pass the tokenizer the model was trained with")
+    return model, tokenizer
+
+
+def js_split_pattern(pattern: str) -> str:
+    """A BPE split pattern for JavaScript's RegExp (flag u) that cuts text exactly as Python's re does.
+
+    JavaScript's \\d and \\w are ASCII only and its \\s is not Python's either, so this takes
+    hf_split_pattern's translation (each of them written out as the code-point ranges Python
+    matches) and changes its escapes to JavaScript's: \\x{HHHH} becomes \\u{HHHH} and \\& a plain &.
+    """
+    def to_js(m: re.Match) -> str:
+        escape = m.group(1)
+        return "\\u" + escape[1:] if escape.startswith("x{") else "&" if escape == "&" else m.group()
+
+    return re.sub(r"\\(x\{[0-9A-F]+\}|.)", to_js, hf_split_pattern(pattern), flags=re.S)
+
+
+class CachedForward(nn.Module):
+    """TinyLLM.forward with the KV cache as tensors in and out, so that a step of generation traces to ONNX.
+
+    KVCache keeps its state in Python (tensors and a counter), which a trace cannot follow, so here
+    the state travels with each call: k_cache and v_cache (n_layer, batch, n_head, block_size, head_dim)
+    and `seen`, the number of tokens before idx. As in KVCache, the token at position p sits in slot
+    p % block_size, so once the cache is full each new token replaces the oldest one (the window
+    slides), and a mask says which slots each query may see. Returns the logits and the new caches.
+    """
+
+    def __init__(self, model: TinyLLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, seen: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model, cfg = self.model, self.model.config
+        B, T = idx.shape
+        S, H, D = cfg.block_size, cfg.n_head, cfg.d_model // cfg.n_head
+        positions = seen + torch.arange(T)  # (T,)
+        cos, sin = rope_angles(D, positions, cfg.rope_theta)
+        slots = torch.arange(S)
+        write = (positions[:, None] % S == slots).float()  # (T, S): 1 where token t goes
+        keep = 1 - write.sum(0)[:, None]  # (S, 1): 1 for the slots left as they were
+        held = seen + T - 1 - (seen + T - 1 - slots) % S  # (S,): the position in each slot after the writes
+        visible = (held <= positions[:, None]) & (held > positions[:, None] - S) & (held >= 0)  # (T, S)
+        x = model.embed(idx)
+        new_k, new_v = [], []
+        for i, block in enumerate(model.blocks):
+            q, k, v = block.attn.qkv(block.norm1(x)).split(cfg.d_model, dim=2)
+            q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            k = k_cache[i] * keep + write.T @ k  # (B, H, S, D): the new keys written into their slots
+            v = v_cache[i] * keep + write.T @ v
+            scores = (q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(~visible, float("-inf"))
+            y = (F.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, cfg.d_model)
+            x = x + block.attn.proj(y)
+            x = x + block.mlp(block.norm2(x))
+            new_k.append(k)
+            new_v.append(v)
+        return model.head(model.norm(x)), torch.stack(new_k), torch.stack(new_v)
+
+
+def onnx_model_bytes(model: TinyLLM, kv_cache: bool = False, opset: int = 18) -> bytes:
+    """The forward pass as an ONNX model: "idx" (batch, T) int64 -> "logits" (batch, T, vocab_size) float32.
+
+    With `kv_cache`, the graph is CachedForward's: it also takes "seen", "k_cache" and "v_cache" and
+    returns "new_k_cache" and "new_v_cache". It uses torch's TorchScript exporter (dynamo=False),
+    which traces one call and needs only the onnx package. The example has T >= 2: traced on one
+    token, a "dynamic" T is silently fixed to 1. The trace keeps no Python `if`, so the graph has no
+    context check: T must stay <= block_size. Opset 18, as onnxruntime-web trails the Python runtime.
+    """
+    import copy
+    import warnings
+
+    try:
+        import onnx  # noqa: F401  (torch's exporter writes the file with it)
+    except ImportError:
+        raise ImportError("exporting to ONNX needs the onnx package: pip install onnx") from None
+    model = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    cfg = model.config
+    idx = torch.zeros(1, min(8, cfg.block_size), dtype=torch.long)
+    axes = {"idx": {0: "batch", 1: "T"}, "logits": {0: "batch", 1: "T"}}
+    if kv_cache:
+        cache = torch.zeros(cfg.n_layer, 1, cfg.n_head, cfg.block_size, cfg.d_model // cfg.n_head)
+        module, args = CachedForward(model), (idx, torch.tensor(0), cache, cache)
+        inputs, outputs = ["idx", "seen", "k_cache", "v_cache"], ["logits", "new_k_cache", "new_v_cache"]
+        axes.update({name: {1: "batch"} for name in inputs[2:] + outputs[1:]})
+    else:
+        module, args, inputs, outputs = model, (idx,), ["idx"], ["logits"]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the exporter's deprecation notice, and the tracer's on `if T > block_size`
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buffer, input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          opset_version=opset, dynamo=False)
+    return buffer.getvalue()
+
+
+def write_onnx(model: TinyLLM, tokenizer: Optional[Tokenizer], path: Path, kv_cache: bool = False) -> None:
+    """Write FILE.onnx (path) and FILE.json beside it: the config and tokenizer that a runtime needs."""
+    cfg = model.config
+    info = {"format": "tinyllm-onnx", "version": 1, "kv_cache": kv_cache, "parameters": model.num_params(),
+            "config": asdict(cfg), "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}
+    if kv_cache:
+        info["cache_shape"] = [cfg.n_layer, 1, cfg.n_head, cfg.block_size, cfg.d_model // cfg.n_head]
+    if isinstance(tokenizer, BPETokenizer):
+        info["split_pattern_js"] = js_split_pattern(tokenizer.pattern)
+    atomic_write_bytes(path, onnx_model_bytes(model, kv_cache))
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(info, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
+def export_onnx(checkpoint: str | Path | TinyLLM, path: str | Path, tokenizer: Optional[Tokenizer] = None,
+                overwrite: bool = False, kv_cache: bool = False) -> Path:
+    """Write a model (or a checkpoint file or run directory) as an ONNX file, with a JSON file beside it.
+
+    FILE.onnx maps token ids "idx" (batch, T) int64, T <= block_size, to "logits" (batch, T,
+    vocab_size), or with `kv_cache` does a step of generation with the cache (see CachedForward);
+    FILE.json holds the model's config and its tokenizer. The folder they go into must be new, empty
+    or a previous export (see `export_folder`). Returns the path of the .onnx file.
+    """
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"the ONNX file's name must end in .onnx (its JSON goes beside it), got {path}")
+    model, tokenizer = export_source(checkpoint, tokenizer)
+    with export_folder(path.parent, "onnx", overwrite) as folder:
+        write_onnx(model, tokenizer, folder / path.name, kv_cache)
+    return path
+
+
+def export_web(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: Optional[Tokenizer] = None,
+               overwrite: bool = False) -> Path:
+    """Write a static web page that generates text with the model in the browser; returns the folder.
+
+    The folder holds web/'s index.html and tinyllm.js, the model as model.onnx (a step of generation
+    with the KV cache, as `generate` takes it) and model.json, and, if `npm ci --prefix web` has
+    installed it, onnxruntime-web's files (then the page works offline; without them it loads the
+    same version from a CDN). Serve it with any static server.
+    """
+    import shutil
+
+    model, tokenizer = export_source(checkpoint, tokenizer)
+    if tokenizer is None:
+        raise ValueError("the web page needs the model's tokenizer: export a checkpoint from tinyllm.py train, "
+                         "or pass tokenizer=")
+    if not (WEB_DIR / "index.html").is_file():
+        raise FileNotFoundError(f"the page's template files are missing from {WEB_DIR}: export --web needs the "
+                                "web/ folder that comes with tinyllm.py")
+    runtime = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
+    with export_folder(out_dir, "web", overwrite) as folder:
+        write_onnx(model, tokenizer, folder / "model.onnx", kv_cache=True)
+        for name in ("index.html", "tinyllm.js"):
+            shutil.copyfile(WEB_DIR / name, folder / name)
+        if all((runtime / name).is_file() for name in ORT_WEB_FILES):
+            for name in ORT_WEB_FILES:
+                shutil.copyfile(runtime / name, folder / name)
+    return Path(out_dir)
+
+
+def cmd_export_onnx_or_web(args) -> int:
+    if args.onnx:
+        out = export_onnx(args.ckpt, args.onnx, overwrite=args.overwrite)
+        print(f"exported {args.ckpt} to {out} and {out.with_suffix('.json')}. In Python: import onnxruntime; "
+              f"session = onnxruntime.InferenceSession({str(out)!r}); "
+              "logits = session.run(None, {'idx': ids})[0]  # ids: (1, T) int64, T <= block_size")
+        return 0
+    out = export_web(args.ckpt, args.web, overwrite=args.overwrite)
+    offline = (out / ORT_WEB_FILES[0]).is_file()
+    print(f"exported {args.ckpt} as a web page in {out} ("
+          + ("onnxruntime-web included, works offline" if offline else
+             "onnxruntime-web loads from a CDN; run `npm ci --prefix web` first to include it") +
+          f"). See it: python -m http.server -d {out}, then open http://localhost:8000")
     return 0
 
 

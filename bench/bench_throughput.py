@@ -52,16 +52,13 @@ def train_throughput(preset: str, bursts: int = 3, steps: int = 10, warmup: int 
     tc = tinyllm.TrainConfig.from_preset(preset)
     model = tinyllm.TinyLLM(cfg)
     opt = tinyllm.make_optimizer(model, tc)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32 on the CPU: the scaler does nothing
     data = torch.randint(0, 65, (200_000,))
     gen = torch.Generator().manual_seed(0)
 
-    def step():
-        x, y = tinyllm.get_batch(data, tc.batch_size, cfg.block_size, gen, torch.device("cpu"))
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def step():  # Part I's own training step, as train() and fit() run it
+        batch = tinyllm.get_batch(data, tc.batch_size, cfg.block_size, gen, torch.device("cpu"))
+        tinyllm.train_step(model, opt, scaler, [batch], tc.lr, None, tc.grad_clip)
 
     for _ in range(warmup):
         step()

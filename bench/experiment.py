@@ -59,15 +59,11 @@ def speed(spec: dict, bursts: int = 3, steps: int = 25) -> dict:
     amp = tinyllm.choose_precision(torch.device("cpu"), spec.get("dtype", "fp32"))
     gen = torch.Generator().manual_seed(0)
 
-    def one_step():
-        x, y = tinyllm.get_batch(train_ids, tc.batch_size, mcfg.block_size, gen, torch.device("cpu"))
-        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-            _, loss = net(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+    scaler = torch.amp.GradScaler("cpu", enabled=amp == torch.float16)
+
+    def one_step():  # Part I's own training step
+        batch = tinyllm.get_batch(train_ids, tc.batch_size, mcfg.block_size, gen, torch.device("cpu"))
+        return tinyllm.train_step(net, opt, scaler, [batch], tc.lr, amp, tc.grad_clip)
 
     t = time.perf_counter()
     for _ in range(10):

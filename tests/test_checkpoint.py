@@ -294,3 +294,28 @@ def test_evil_payload_is_real(tmp_path):
     buffer.seek(0)
     torch.load(buffer, weights_only=False)
     assert target.exists()
+
+
+# --- one format: the chapter's plain save and load, and the command line's checkpoints -------------------
+
+def test_what_save_model_writes_the_command_line_samples_from(tmp_path, data, cli):
+    tok, train_ids, val_ids = data
+    model = tiny_model(tok.vocab_size)
+    tinyllm.train(model, train_ids, val_ids, tiny_config(max_steps=30))
+    tinyllm.save_model(tmp_path / "nb.pt", model, tok)
+    r = cli("sample", "--ckpt", tmp_path / "nb.pt", "--prompt", "The king", "--max-new-tokens", "30",
+            "--temperature", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    expected = tinyllm.complete(model.cpu(), tok, "The king", 30, temperature=0)
+    assert r.stdout == "The king" + expected + "\n"
+
+
+def test_what_the_command_line_writes_load_model_reads(tmp_path, corpus_file, cli):
+    r = cli("train", "--data", corpus_file, "--preset", "tiny", "--max-steps", "20", "--out", tmp_path / "run",
+            "--quiet", "--sample-tokens", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    model, tok = tinyllm.load_model(tmp_path / "run" / "best.pt")
+    checked = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert_same_weights(model, checked["model"])
+    assert tok.to_dict() == checked["tokenizer"].to_dict()
+    assert checked["train_state"].step == 20 and checked["train_state"].history == checked["history"]

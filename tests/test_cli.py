@@ -12,7 +12,7 @@ from conftest import REPO, call_main, cli_env
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = ["--preset", "tiny", "--quiet", "--sample-tokens", "40"]
+TINY = ["--preset", "tiny", "--quiet", "--sample-tokens", "40", "--device", "cpu"]  # the same on a GPU machine
 
 
 

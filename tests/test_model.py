@@ -247,3 +247,35 @@ def test_kv_cache_is_a_ring_of_block_size():
     assert sorted(ks[0, 0, :, 0].tolist()) == [1.0, 2.0, 3.0, 4.0]  # the oldest entries were dropped
     with pytest.raises(ValueError):
         cache.add(torch.randn(1, 2, 2, 8), torch.randn(1, 2, 2, 8))  # after the prompt, one token at a time
+
+
+# --- a config the network cannot take is refused when it is made --------------------------------------
+
+@pytest.mark.parametrize("fields, message", [
+    ({"n_head": 0}, r"n_head must be a positive integer, got 0"),  # was a ZeroDivisionError
+    ({"vocab_size": 0}, r"vocab_size must be a positive integer, got 0"),  # was an index error
+    ({"block_size": -1}, r"block_size must be a positive integer, got -1"),
+    ({"n_layer": 0}, r"n_layer must be a positive integer, got 0"),
+    ({"d_model": 0}, r"d_model must be a positive integer, got 0"),
+    ({"d_ff": 64.0}, r"d_ff must be a positive integer, got 64\.0"),
+    ({"d_model": 30, "n_head": 4}, r"d_model \(30\) must be divisible by n_head \(4\)"),  # was a bare assert
+    ({"d_model": 30, "n_head": 2}, r"head size d_model / n_head = 15 must be even: RoPE"),  # was a shape error in RoPE
+    ({"dropout": 1.0}, r"dropout must be at least 0 and below 1, got 1\.0"),
+    ({"dropout": -0.1}, r"dropout must be at least 0 and below 1"),
+    ({"dropout": math.nan}, r"dropout must be at least 0 and below 1"),
+    ({"rope_theta": 0.0}, r"rope_theta must be a positive number, got 0\.0"),
+    ({"rope_theta": math.inf}, r"rope_theta must be a positive number"),
+])
+def test_a_config_the_network_cannot_take_is_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**{**tinyllm.PRESETS["tiny"]["model"], "vocab_size": V, **fields})
+
+
+def test_a_checkpoint_with_an_impossible_config_is_damaged(tmp_path, cfg):
+    path = tmp_path / "x.pt"
+    tinyllm.save_checkpoint(path, TinyLLM(cfg))
+    raw = torch.load(path, weights_only=True)
+    raw["model_config"]["n_head"] = 0
+    torch.save(raw, path)
+    with pytest.raises(ValueError, match=r"x\.pt is damaged.*n_head must be a positive integer"):
+        tinyllm.load_checkpoint(path)

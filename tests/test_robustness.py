@@ -5,6 +5,9 @@ without paying for a Python start per case); a sample of it also runs as real su
 kill/Ctrl-C tests always do.
 """
 
+import errno
+import os
+import pickle
 import random
 import re
 import signal
@@ -252,3 +255,176 @@ def test_stray_temp_file_is_removed_by_a_fresh_run(tmp_path, corpus_file, capsys
     code, _, err = call_main(["train", "--data", corpus_file, "--max-steps", "2", "--out", out, *TINY], capsys)
     assert code == 0, err
     assert not stray.exists() and (out / "last.pt").is_file()
+
+
+# --- files that are not checkpoints, or are cut short: say which, and what to do --------------------------
+
+def test_a_file_that_is_not_a_checkpoint_is_called_that(files, capsys, tmp_path):
+    """A text file (or a plain pickle) given as --ckpt: "not a PyTorch checkpoint", not the wording for a hostile pickle."""
+    readme = tmp_path / "README.md"
+    readme.write_bytes((REPO / "README.md").read_bytes())
+    tokenizer = tmp_path / "tokenizer.json"
+    tinyllm.load_checkpoint(files["run"])["tokenizer"].save(tokenizer)
+    for path in [files["dir"] / "notckpt.pt", readme, tokenizer]:
+        before = path.read_bytes()
+        code, out, err = call_main(["sample", "--ckpt", path, "--max-new-tokens", "5"], capsys)
+        assert_one_line_error(code, err, rf"cannot load checkpoint {re.escape(str(path))}: it is not a PyTorch "
+                                         r"checkpoint .*give a \.pt file or a run directory")
+        assert "unpickles" not in err and out == "" and path.read_bytes() == before
+
+
+def test_a_plain_pickle_is_not_a_checkpoint_and_gives_one_line(tmp_path):
+    """torch warns about a pickle it will not load; in a real process that warning must not reach the user."""
+    path = tmp_path / "data.pkl"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))  # protocol 4+: torch warns before refusing it
+    r = run_cli("sample", "--ckpt", path, cwd=tmp_path)
+    assert_one_line_error(r.returncode, r.stderr, r"data\.pkl: it is not a PyTorch checkpoint")
+
+
+def test_a_truncated_checkpoint_is_called_that(files, capsys):
+    """Cut anywhere (torch says "[Errno 22] Invalid argument" for some cuts, "central directory" for others)."""
+    data = (files["run"] / "last.pt").read_bytes()
+    path = files["dir"] / "cut.pt"
+    for size in [*range(0, len(data), len(data) // 64), len(data) - 1]:
+        path.write_bytes(data[:size])
+        with pytest.raises(ValueError, match=rf"cannot load checkpoint .*cut\.pt: the file is truncated or corrupt "
+                                             rf"\({size:,} bytes; was a copy cut short\?\): copy it again"):
+            tinyllm.load_checkpoint(path)
+    code, out, err = call_main(["sample", "--ckpt", files["dir"] / "truncated.pt"], capsys)
+    assert_one_line_error(code, err, r"truncated\.pt: the file is truncated or corrupt .*copy it again, or use the "
+                                     r"run's other checkpoint \(best\.pt or last\.pt\)")
+    assert "Errno" not in err and out == ""
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_pickle_that_names_a_function_keeps_the_hostile_pickle_wording(tmp_path, how):
+    path = tmp_path / "x.pt"
+    if how == "torch.save":
+        torch.save({"format": tinyllm.CHECKPOINT_FORMAT, "version": 1, "f": print}, path)
+    else:
+        path.write_bytes(pickle.dumps({"f": print}, protocol=2))  # what an old torch.save wrote: a pickle
+    with pytest.raises(ValueError, match="it holds objects other than tensors and plain data, which tinyllm never "
+                                         "unpickles"):
+        tinyllm.load_checkpoint(path)
+
+
+# --- --out that cannot hold a run, and a disk that fills up: which path, what to do, nothing lost -----------
+
+@pytest.mark.parametrize("out", ["README.md", "README.md/run"])
+def test_out_where_a_file_is_says_so_before_any_work(tmp_path, corpus_file, capsys, monkeypatch, out):
+    monkeypatch.chdir(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# my notes\n", encoding="utf-8")
+    code, stdout, err = call_main(["train", "--data", corpus_file, "--out", out, *TINY], capsys)
+    assert_one_line_error(code, err, rf"--out {re.escape(out)} cannot hold a run: README\.md is a file, not a folder; "
+                                     r"choose another --out, e.g\. runs/my-run$")
+    assert stdout == ""  # refused before the data was read or a model built
+    assert readme.read_text(encoding="utf-8") == "# my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "corpus.txt"]
+
+
+def test_out_in_a_folder_you_cannot_write_says_so_before_any_work(tmp_path, corpus_file, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: pretend not to be root
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: real_access(p, mode) and Path(p) != locked)
+    try:
+        code, stdout, err = call_main(["train", "--data", corpus_file, "--out", locked / "run", *TINY], capsys)
+    finally:
+        locked.chmod(0o755)
+    assert_one_line_error(code, err, rf"--out .*locked/run cannot hold a run: {re.escape(str(locked))} is not writable "
+                                     r"for you; choose an --out folder you can write to$")
+    assert stdout == "" and list(locked.iterdir()) == []
+
+
+def full_disk_after(n: int, out: Path, kept: dict):
+    """An os.fsync that works n - 1 times, then fails as a full disk does (ENOSPC), keeping a copy of last.pt."""
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) >= n:
+            kept.setdefault("last.pt", (out / "last.pt").read_bytes() if (out / "last.pt").exists() else None)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    return fsync
+
+
+def test_a_full_disk_keeps_last_pt_and_says_how_to_go_on(tmp_path, corpus_file, capsys, monkeypatch):
+    out, kept = tmp_path / "run", {}
+    monkeypatch.setattr(os, "fsync", full_disk_after(4, out, kept))  # saves 1-3 (steps 1-3) work, the 4th fails
+    args = ["train", "--data", corpus_file, "--out", out, "--max-steps", "20", "--ckpt-interval", "1", *TINY]
+    code, _, err = call_main(args, capsys)
+    assert_one_line_error(code, err, rf"cannot write {re.escape(str(out / 'last.pt'))} \(No space left on device\); "
+                                     r"the previous last\.pt is intact: free some space\. Then resume with: python "
+                                     rf"tinyllm\.py train --resume --out {re.escape(str(out))}$")
+    assert (out / "last.pt").read_bytes() == kept["last.pt"]  # byte for byte what was there before the failed save
+    assert tinyllm.load_checkpoint(out / "last.pt")["step"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"]  # no temporary file left behind
+    monkeypatch.undo()  # space was freed: the run goes on from step 3 and finishes
+    code, stdout, err = call_main(["train", "--resume", "--out", out, "--quiet", "--sample-tokens", "5"], capsys)
+    assert code == 0, err
+    assert f"resuming {out} at step 3" in stdout and "done: step 20" in stdout
+
+
+def test_a_full_disk_before_the_first_save_in_a_real_process(tmp_path, corpus_file):
+    """The same, as a user sees it (a real process whose os.fsync fails); nothing saved yet, so nothing to resume."""
+    out = tmp_path / "run"
+    wrapper = ("import errno, os, runpy, sys\n"
+               "def fsync(fd): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+               "os.fsync = fsync\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", wrapper, str(REPO / "tinyllm.py"), "train", "--data", str(corpus_file),
+                        "--out", str(out), "--max-steps", "5", "--ckpt-interval", "1", *TINY],
+                       cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(r.returncode, r.stderr, rf"cannot write {re.escape(str(out / 'last.pt'))} \(No space left "
+                                                  r"on device\): free some space$")
+    assert list(out.iterdir()) == []
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """Every file the toolkit writes goes through atomic_write_bytes: a checkpoint saved from the API, say."""
+    path = tmp_path / "m.pt"
+    model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset("tiny", 3))
+    tinyllm.save_checkpoint(path, model)
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "fsync", full_disk_after(1, tmp_path, {}))
+    with pytest.raises(OSError, match=r"^cannot write .*m\.pt \(No space left on device\); the previous m\.pt "
+                                      r"is intact: free some space$") as caught:
+        tinyllm.save_checkpoint(path, tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset("tiny", 4)))
+    assert caught.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    monkeypatch.undo()
+    with pytest.raises(OSError, match=r"^cannot write .*m\.pt/x\.pt \(File exists\): .*m\.pt is a file, not "
+                                      r"a folder$"):
+        tinyllm.save_checkpoint(path / "x.pt", model)
+
+
+# --- a prompt that is not valid Unicode ------------------------------------------------------------------
+
+def test_a_prompt_with_a_lone_surrogate_is_one_clear_line(files, capsys, tmp_path):
+    """Bytes that are not UTF-8 on the command line reach Python as lone surrogates ("caf\\xe9" -> "caf\\udce9")."""
+    message = (r"the text holds a lone surrogate '\\udce9' at position 3, which is not valid Unicode text \(bytes that "
+               r"were not UTF-8\?\): clean it first")
+    code, out, err = call_main(["sample", "--ckpt", files["run"], "--prompt", "caf\udce9", "--max-new-tokens", "5"],
+                               capsys)
+    assert_one_line_error(code, err, message)
+    assert out == ""
+    r = subprocess.run([sys.executable, str(REPO / "tinyllm.py"), "sample", "--ckpt", str(files["run"]), "--prompt",
+                        b"caf\xe9"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(r.returncode, r.stderr, message)
+
+
+def test_a_checkpoint_whose_tokenizer_has_a_hostile_split_pattern(files, capsys):
+    raw = torch.load(files["run"] / "last.pt", weights_only=True)
+    raw["tokenizer"] = {"type": "bpe", "merges": [], "special_tokens": {}, "pattern": r"(a+)+$"}
+    path = files["dir"] / "hostile-pattern.pt"
+    torch.save(raw, path)
+    code, out, err = call_main(["sample", "--ckpt", path, "--prompt", "a" * 40 + "b"], capsys)
+    assert_one_line_error(code, err, r"hostile-pattern\.pt: bad split pattern in BPE tokenizer: tinyllm reads only "
+                                     r"its own \(SPLIT_PATTERN, or the one before it\)")
+    assert out == ""

@@ -301,11 +301,16 @@ def test_bpe_save_and_load_round_trip(tmp_path, bpe, corpus_text):
     assert (tmp_path / "again.json").read_bytes() == (tmp_path / "bpe.json").read_bytes()
 
 
-def test_a_custom_split_pattern_is_saved_and_restored(tmp_path):
+def test_a_custom_split_pattern_is_saved_but_only_code_restores_it(tmp_path):
+    """A file's pattern could be hostile, so load_tokenizer reads only tinyllm's own; code that trusts one rebuilds it."""
     tok = BPETokenizer.train("ab ab ab", 257, pattern=r"\S+|\s+")
     tok.save(tmp_path / "t.json")
-    loaded = load_tokenizer(tmp_path / "t.json")
-    assert loaded.pattern == r"\S+|\s+" and loaded.encode("ab ab") == tok.encode("ab ab") == [256, 32, 256]
+    with pytest.raises(ValueError, match=r"t\.json: bad split pattern in BPE tokenizer: tinyllm reads only its own"):
+        load_tokenizer(tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
+    assert data["pattern"] == r"\S+|\s+"
+    rebuilt = BPETokenizer(data["merges"], data["special_tokens"], data["pattern"])
+    assert rebuilt.encode("ab ab") == tok.encode("ab ab") == [256, 32, 256]
 
 
 # ---- malformed tokenizer files ----------------------------------------------------------------------------
@@ -395,3 +400,46 @@ def test_loading_a_missing_file_or_a_folder(tmp_path):
         load_tokenizer(tmp_path / "nothing.json")
     with pytest.raises(FileNotFoundError, match="no tokenizer file"):
         load_tokenizer(tmp_path)
+
+
+# ---- text that is not valid Unicode ------------------------------------------------------------------------
+
+LONE_SURROGATE = r"the text holds a lone surrogate '\\ud800' at position 4, which is not valid Unicode text .*" \
+                 r"clean it first, e\.g\. with text\.encode\('utf-8', 'replace'\)"
+
+
+def test_a_lone_surrogate_is_a_clear_error_for_bpe(bpe):
+    with pytest.raises(ValueError, match=LONE_SURROGATE):  # was UnicodeEncodeError, from deep inside encode
+        bpe.encode("The \ud800 king")
+    with pytest.raises(ValueError, match=LONE_SURROGATE):
+        BPETokenizer.train("The \ud800 king", 260)
+    cleaned = "The \ud800 king".encode("utf-8", "replace").decode("utf-8")  # the cure the message suggests
+    assert bpe.decode(bpe.encode(cleaned)) == cleaned == "The ? king"
+
+
+def test_a_lone_surrogate_is_a_clear_error_for_chars():
+    tok = CharTokenizer.from_text("The king")
+    with pytest.raises(ValueError, match=LONE_SURROGATE):  # was "not in this tokenizer's vocabulary: ... use BPE"
+        tok.encode("The \ud800 king")
+    with pytest.raises(ValueError, match=LONE_SURROGATE):  # was accepted, and the tokenizer could not be saved
+        CharTokenizer.from_text("The \ud800 king")
+
+
+# ---- hostile split patterns -----------------------------------------------------------------------------------
+
+OLD_SPLIT_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+"  # before "_" was punctuation
+
+
+def test_a_hostile_split_pattern_in_a_file_is_refused_at_once(tmp_path):
+    """(a+)+$ backtracks catastrophically: splitting 40 a's and a b would take hours (each a doubles the time)."""
+    for pattern in [r"(a+)+$", r"(\w|\w\w)*!", OLD_SPLIT_PATTERN + "|x"]:
+        with pytest.raises(ValueError, match=r"tok\.json: bad split pattern in BPE tokenizer: tinyllm reads only its "
+                                             r"own \(SPLIT_PATTERN, or the one before it\), since a regex from a file "
+                                             r"could make encoding hang; for another pattern, build BPETokenizer"):
+            load_tokenizer(write_tokenizer(tmp_path, pattern=pattern))
+
+
+def test_the_split_patterns_tinyllm_has_written_still_load(tmp_path):
+    assert load_tokenizer(write_tokenizer(tmp_path)).pattern == tinyllm.SPLIT_PATTERN
+    old = load_tokenizer(write_tokenizer(tmp_path, pattern=OLD_SPLIT_PATTERN))  # checkpoints from before the "_" fix
+    assert old.pattern == OLD_SPLIT_PATTERN and old.encode("hi there") == [256, 32, 116, 104, 101, 114, 101]

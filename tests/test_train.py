@@ -297,3 +297,40 @@ def test_divergence_before_any_checkpoint_says_so(data, tmp_path):
     with pytest.raises(TrainingDiverged, match="no checkpoint had been saved yet"):
         fit(tiny_model(tok.vocab_size), train_ids, val_ids, config)
 
+
+
+def test_keep_best_ends_with_the_weights_of_the_best_evaluation(data):
+    """Validation on shuffled characters: the model first learns their frequencies (val improves), then the
+    corpus's order, which shuffled text lacks (val gets worse). keep_best=True ends at the best evaluation."""
+    tok, train_ids, val_ids = data
+    shuffled = torch.as_tensor(val_ids)[torch.randperm(len(val_ids), generator=torch.Generator().manual_seed(0))]
+    settings = dict(max_steps=80, eval_interval=5, warmup_steps=1, eval_windows=10**6)
+    plain, kept = tiny_model(tok.vocab_size), tiny_model(tok.vocab_size)
+    history = train(plain, train_ids, shuffled, tiny_config(**settings))
+    kept_history = train(kept, train_ids, shuffled, tiny_config(keep_best=True, **settings))
+    assert without_seconds(history) == without_seconds(kept_history)  # the same run ...
+    best = min(history, key=lambda row: row["val_loss"])
+    assert best["step"] < history[-1]["step"] and history[-1]["val_loss"] > best["val_loss"] + 0.05, history
+    final = tinyllm.evaluate(kept, shuffled, kept.config.block_size)
+    assert final == pytest.approx(best["val_loss"], abs=1e-5)  # ... but it ends at its best point
+    assert tinyllm.evaluate(plain, shuffled, plain.config.block_size) == pytest.approx(history[-1]["val_loss"], abs=1e-5)
+
+
+def test_interrupting_train_keeps_the_history_so_far(data, monkeypatch):
+    """The notebook's stop button raises KeyboardInterrupt in the cell: train returns, with a row for the last step."""
+    tok, train_ids, val_ids = data
+    steps = []
+    real_step = tinyllm.train_step
+
+    def step_then_stop(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 13:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tinyllm, "train_step", step_then_stop)
+    model = tiny_model(tok.vocab_size)
+    history = train(model, train_ids, val_ids, tiny_config(max_steps=100, eval_interval=5))
+    assert [row["step"] for row in history] == [5, 10, 12]  # the evaluations, then where it stopped
+    assert history[-1]["val_loss"] == pytest.approx(
+        tinyllm.evaluate(model, torch.as_tensor(val_ids), model.config.block_size, 64, tiny_config().eval_windows))

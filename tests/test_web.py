@@ -1,0 +1,463 @@
+"""Export to ONNX and the web: onnxruntime computes what tinyllm computes, the page generates tinyllm's
+tokens in a real browser, and no export ever writes into a folder that is not its own.
+
+onnx and onnxruntime are optional for users (requirements-dev.txt installs them). The page's tests
+need Node, Chromium and onnxruntime-web (`npm ci --prefix web`); without them they are skipped with
+the reason, except under CI (.ci/run installs them), where a missing one is a failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import http.server
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import tinyllm
+from conftest import REPO, cli_env, run_cli
+
+CI = bool(os.environ.get("CI"))
+if CI:
+    import onnx  # noqa: F401  (CI must run these tests, never skip them)
+    import onnxruntime
+else:
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+
+SPECIAL = "<|endoftext|>"
+TRICKY_TEXTS = [
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n",
+    "It's 2024, don't they'll we've I'M  YOU'RE -- 3.14159 and 1,000,000 (approx.)!",
+    "snake_case __init__ a_b_c  tabs\there\r\nwindows\u000bvt\x0cff   trailing spaces   ",
+    "naïve café façade — “quotes” ‘single’ … ½ ² Ⅷ ١٢٣ ۴۵ e\u0301 a\u0308",
+    "日本語のテキストです。中文也可以。한국어 텍스트. हिन्दी भाषा ไทยภาษา العربية עברית",
+    "emoji 👍🏽 🇫🇷 family 👨\u200d👩\u200d👧 \U0001F600\U0001F600",
+    f"special tokens{SPECIAL}inside and {SPECIAL} around {SPECIAL}<|endof",
+    "control \x00\x01\x1c\x1d\x1e\x1f\x7f\x85 and\u00a0no-break\u2009thin\u3000ideographic \ufeffbom",
+    "\ufeffa leading byte order mark",
+    "   \n\n\t  leading and ending whitespace \n \n",
+    "",
+]
+PROMPT = "The king speaks of the crown and the fool "  # longer than the tiny preset's context of 32
+
+
+def train_tiny(tokenizer: tinyllm.Tokenizer, text: str, steps: int = 40) -> tinyllm.TinyLLM:
+    """The tiny preset, trained for a few steps: enough for text with a shape, in a few seconds."""
+    torch.manual_seed(0)
+    model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset("tiny", tokenizer.vocab_size))
+    train_ids, val_ids, _ = tinyllm.prepare_data(text, tokenizer)
+    config = tinyllm.TrainConfig.from_preset("tiny", max_steps=steps, device="cpu", progress=False)
+    tinyllm.fit(model, train_ids, val_ids, config, tokenizer)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def char_run(corpus_text, tmp_path_factory) -> Path:
+    """A run directory holding a checkpoint with a character tokenizer."""
+    tok = tinyllm.CharTokenizer.from_text(corpus_text)
+    run = tmp_path_factory.mktemp("char-run")
+    tinyllm.save_checkpoint(run / "best.pt", train_tiny(tok, corpus_text), tok, step=40)
+    return run
+
+
+@pytest.fixture(scope="module")
+def bpe_run(corpus_text, tmp_path_factory) -> Path:
+    """A run directory holding a checkpoint with a byte-level BPE (with a special token)."""
+    text = corpus_text + "\n".join(TRICKY_TEXTS[3:6]) * 20
+    tok = tinyllm.BPETokenizer.train(text, 360, special_tokens=[SPECIAL])
+    run = tmp_path_factory.mktemp("bpe-run")
+    tinyllm.save_checkpoint(run / "best.pt", train_tiny(tok, text), tok, step=40)
+    return run
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file under folder (relative path -> bytes), to check that nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def foreign_folder(path: Path) -> Path:
+    """A folder of someone else's files, some of them with the names an export writes."""
+    (path / "sub").mkdir(parents=True)
+    for name in ("notes.txt", "index.html", "config.json", "model.onnx", "sub/keep.txt"):
+        (path / name).write_text(f"someone's {name}\n", encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Exports never write into someone else's folder
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["hf", "onnx", "web"])
+def test_cli_refuses_a_foreign_folder(kind, tmp_path, char_run):
+    if kind == "hf":
+        pytest.importorskip("safetensors")
+    folder = foreign_folder(tmp_path / "mine")
+    before = folder_state(folder)
+    target = folder / "model.onnx" if kind == "onnx" else folder
+    result = run_cli("export", "--ckpt", char_run, f"--{kind}", target)
+    assert result.returncode == 1, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: refusing to export into {folder}: "), result.stderr
+    assert "--overwrite" in lines[0] and "new or empty folder" in lines[0]
+    assert folder_state(folder) == before  # byte-identical, and nothing added
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary folder left behind
+
+
+def test_api_refuses_too(tmp_path, char_run):
+    pytest.importorskip("safetensors")
+    folder = foreign_folder(tmp_path / "mine")
+    before = folder_state(folder)
+    for export in (lambda: tinyllm.export_hf(char_run, folder), lambda: tinyllm.export_web(char_run, folder),
+                   lambda: tinyllm.export_onnx(char_run, folder / "model.onnx")):
+        with pytest.raises(FileExistsError, match="refusing to export into .*overwrite=True"):
+            export()
+    assert folder_state(folder) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        tinyllm.export_web(char_run, tmp_path / "file")
+
+
+def test_a_previous_export_is_replaced(tmp_path, char_run):
+    out = tmp_path / "site"
+    tinyllm.export_onnx(char_run, out / "old.onnx")
+    assert sorted(p.name for p in out.iterdir()) == ["old.json", "old.onnx", tinyllm.EXPORT_MARKER]
+    result = run_cli("export", "--ckpt", char_run, "--web", out)
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"index.html", "tinyllm.js", "model.onnx", "model.json", tinyllm.EXPORT_MARKER} <= names
+    assert "old.onnx" not in names and "old.json" not in names  # the old export's files went with it
+    marker = json.loads((out / tinyllm.EXPORT_MARKER).read_text())
+    assert marker["kind"] == "web" and sorted(marker["files"]) == sorted(names - {tinyllm.EXPORT_MARKER})
+    assert run_cli("export", "--ckpt", char_run, "--web", out).returncode == 0  # and again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
+def test_overwrite_replaces_only_files_of_the_same_names(tmp_path, char_run):
+    folder = foreign_folder(tmp_path / "mine")
+    before = folder_state(folder)
+    result = run_cli("export", "--ckpt", char_run, "--web", folder, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    after = folder_state(folder)
+    for name in ("notes.txt", "config.json", "sub/keep.txt"):
+        assert after[name] == before[name]
+    assert after["index.html"] == (REPO / "web" / "index.html").read_bytes()
+    assert after["model.onnx"] != before["model.onnx"]
+    # The marker lists only the export's files, so the next export still asks before touching notes.txt.
+    assert "notes.txt" not in json.loads(after[tinyllm.EXPORT_MARKER])["files"]
+    assert run_cli("export", "--ckpt", char_run, "--web", folder).returncode == 1
+
+
+def test_a_failure_halfway_leaves_the_folder_as_it_was(tmp_path, char_run, monkeypatch):
+    out = tmp_path / "site"
+    tinyllm.export_web(char_run, out)
+    before = folder_state(out)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with tinyllm.export_folder(out, "web") as folder:
+            (folder / "index.html").write_text("half")
+            raise RuntimeError("disk full")
+    assert folder_state(out) == before
+
+    real_replace, into_out = os.replace, []
+
+    def failing_replace(src, dst):  # the third rename into the folder fails
+        if Path(dst).parent == out:
+            into_out.append(dst)
+            if len(into_out) == 3:
+                raise OSError("no space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tinyllm.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="no space"):
+        tinyllm.export_web(char_run, out)
+    monkeypatch.undo()
+    assert folder_state(out) == before  # every rename undone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
+def test_a_marker_cannot_point_outside_its_folder(tmp_path, char_run):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (tmp_path / "precious.txt").write_text("keep me")
+    (folder / tinyllm.EXPORT_MARKER).write_text(json.dumps({"files": ["../precious.txt"]}))
+    with pytest.raises(FileExistsError):
+        tinyllm.export_web(char_run, folder)
+    tinyllm.export_web(char_run, folder, overwrite=True)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX: onnxruntime computes tinyllm's logits
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def onnx_export(bpe_run, tmp_path_factory) -> Path:
+    return tinyllm.export_onnx(bpe_run, tmp_path_factory.mktemp("onnx") / "tiny" / "model.onnx")
+
+
+def test_onnx_logits_match_pytorch(onnx_export, bpe_run):
+    import onnx
+
+    model = tinyllm.load_checkpoint(bpe_run)["model"].eval()
+    graph = onnx.load(str(onnx_export)).graph
+    dims = [[d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim] for t in (graph.input[0], graph.output[0])]
+    assert dims == [["batch", "T"], ["batch", "T", model.config.vocab_size]]  # T is symbolic, not fixed to the example's
+    assert str(REPO).encode() not in onnx_export.read_bytes()  # no local paths in the file
+    session = onnxruntime.InferenceSession(str(onnx_export))
+    generator = torch.Generator().manual_seed(0)
+    for batch, length in [(1, 1), (1, 2), (1, 5), (3, 17), (1, model.config.block_size)]:
+        x = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
+        ours = model(x)[0].detach().numpy()
+        theirs = session.run(None, {"idx": x.numpy()})[0]
+        assert theirs.shape == ours.shape
+        assert abs(theirs - ours).max() < 1e-4, (length, abs(theirs - ours).max())
+        assert (theirs.argmax(-1) == ours.argmax(-1)).all()
+
+
+def test_onnx_json_holds_config_and_tokenizer(onnx_export, bpe_run):
+    info = json.loads(onnx_export.with_suffix(".json").read_text(encoding="utf-8"))
+    ckpt = tinyllm.load_checkpoint(bpe_run)
+    assert info["config"] == tinyllm.asdict(ckpt["model"].config)
+    assert tinyllm.tokenizer_from_dict(info["tokenizer"]).to_dict() == ckpt["tokenizer"].to_dict()
+    assert (info["kv_cache"], info["parameters"]) == (False, ckpt["model"].num_params())
+
+
+def test_onnx_with_kv_cache_generates_pytorchs_tokens(bpe_run, tmp_path):
+    """The cached step, prompt first and then one token at a time past the context, as generate does it."""
+    import numpy as np
+
+    path = tinyllm.export_onnx(bpe_run, tmp_path / "kv" / "model.onnx", kv_cache=True)
+    info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    ckpt = tinyllm.load_checkpoint(bpe_run)
+    model, tok = ckpt["model"].eval(), ckpt["tokenizer"]
+    session = onnxruntime.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == ["idx", "seen", "k_cache", "v_cache"]
+    n = 3 * model.config.block_size
+    prompt = tok.encode(PROMPT)
+    want = tinyllm.generate(model, torch.tensor([prompt]), n, temperature=0)[0, -n:].tolist()
+    k = v = np.zeros(info["cache_shape"], np.float32)
+    cache, feed, seen, got = tinyllm.new_cache(model, 1), prompt[-model.config.block_size:], 0, []
+    for _ in range(n):
+        logits, k, v = session.run(None, {"idx": np.array([feed]), "seen": np.array(seen), "k_cache": k, "v_cache": v})
+        with torch.no_grad():
+            ours = model(torch.tensor([feed]), cache=cache)[0].numpy()
+        assert abs(logits - ours).max() < 1e-4, (seen, abs(logits - ours).max())
+        seen += len(feed)
+        feed = [int(logits[0, -1].argmax())]
+        got += feed
+    assert got == want
+
+
+def test_cli_onnx(tmp_path, char_run):
+    result = run_cli("export", "--ckpt", char_run, "--onnx", tmp_path / "out" / "tiny.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime.InferenceSession" in result.stdout
+    assert (tmp_path / "out" / "tiny.onnx").is_file() and (tmp_path / "out" / "tiny.json").is_file()
+    bad = run_cli("export", "--ckpt", char_run, "--onnx", tmp_path / "x" / "tiny.bin")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: the ONNX file's name must end in .onnx")
+    assert not (tmp_path / "x").exists()
+
+
+def test_module_works_without_onnx(tmp_path):
+    """`import tinyllm` needs no onnx; the export says in one line what to install, and writes nothing."""
+    code = ("import sys\n"
+            "sys.modules['onnx'] = None  # not installed\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "import tinyllm\n"
+            "model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset('tiny', 10))\n"
+            "try:\n"
+            f"    tinyllm.export_onnx(model, {str(tmp_path / 'x' / 'm.onnx')!r})\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "pip install onnx" in result.stdout
+    assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The page's JavaScript: its tokenizers in Node, the whole page in headless Chromium
+# ------------------------------------------------------------------------------------------------
+
+def need(tool: str | None, reason: str):
+    """Skip (or, under CI, fail) when a tool the page's tests need is missing."""
+    if not tool:
+        if CI:
+            pytest.fail(f"CI must run the page's tests, but: {reason}")
+        pytest.skip(reason)
+    return tool
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    return need(shutil.which("node"), "Node.js is not installed (it runs the page's tokenizers)")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    need(found, "no Chromium: apt-get install chromium")
+    need(all((REPO / "web" / "node_modules" / "onnxruntime-web" / "dist" / f).is_file() for f in tinyllm.ORT_WEB_FILES),
+         "onnxruntime-web is not installed: npm ci --prefix web")
+    return found
+
+
+def run_js_tokenizer(node: str, tmp_path: Path, info: dict, texts: list[str], id_lists: list[list[int]],
+                     split_text: str = "") -> dict:
+    """Encode texts, decode id lists and split split_text with the page's own code, in Node."""
+    shutil.copyfile(REPO / "web" / "tinyllm.js", tmp_path / "tinyllm.mjs")  # .mjs: Node reads it as a module
+    (tmp_path / "in.json").write_text(json.dumps({"info": info, "texts": texts, "ids": id_lists, "split": split_text}))
+    (tmp_path / "run.mjs").write_text(
+        'import { readFileSync, writeFileSync } from "node:fs";\n'
+        'import { makeTokenizer } from "./tinyllm.mjs";\n'
+        'const { info, texts, ids, split } = JSON.parse(readFileSync("in.json", "utf8"));\n'
+        "const tok = makeTokenizer(info);\n"
+        "const encode = (t) => { try { return tok.encode(t); } catch (e) { return e.message; } };\n"
+        "const pieces = info.split_pattern_js ? [...split.matchAll(new RegExp(info.split_pattern_js, 'gu'))].map((m) => m[0]) : [];\n"
+        'writeFileSync("out.json", JSON.stringify({ encoded: texts.map(encode), decoded: ids.map((i) => tok.decode(i)), pieces }));\n')
+    result = subprocess.run([node, "run.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+
+
+def random_texts(n: int = 40, seed: int = 0) -> list[str]:
+    """Random strings over ASCII, several scripts, astral planes and odd whitespace."""
+    rng = random.Random(seed)
+    pools = [range(32, 127), range(0x80, 0x800), range(0x900, 0x1000), range(0x3000, 0xA000),
+             range(0x10000, 0x1FA00), [9, 10, 13, 32, 0x1C, 0x85, 0xA0, 0x2028, ord("_"), ord("'")]]
+    return ["".join(chr(rng.choice(rng.choice(pools))) for _ in range(rng.randrange(1, 120))) for _ in range(n)]
+
+
+def test_js_bpe_tokenizer_gives_python_ids(node, tmp_path, onnx_export, bpe_run):
+    tok = tinyllm.load_checkpoint(bpe_run)["tokenizer"]
+    info = json.loads(onnx_export.with_suffix(".json").read_text(encoding="utf-8"))
+    texts = TRICKY_TEXTS + random_texts()
+    rng = random.Random(1)
+    id_lists = [tok.encode(t) for t in texts] + [[rng.randrange(tok.vocab_size) for _ in range(30)] for _ in range(40)]
+    everything = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x110000))) + " it's  _x1 \n\n y"
+    out = run_js_tokenizer(node, tmp_path, info, texts, id_lists, everything)
+    for text, ids in zip(texts, out["encoded"]):
+        assert ids == tok.encode(text), text
+    for ids, text in zip(id_lists, out["decoded"]):
+        assert text == tok.decode(ids), ids  # random ids make invalid UTF-8: U+FFFD in the same places
+    assert out["pieces"] == re.findall(tok.pattern, everything)  # the split pattern agrees on every character
+
+
+def test_js_char_tokenizer(node, tmp_path, corpus_text):
+    tok = tinyllm.CharTokenizer.from_text(corpus_text + "é😀\t")
+    info = {"tokenizer": tok.to_dict()}
+    texts = [corpus_text[:500], "The king é😀\t😀", "The ☃ king"]
+    out = run_js_tokenizer(node, tmp_path, info, texts, [tok.encode(t) for t in texts[:2]])
+    assert out["encoded"][:2] == [tok.encode(t) for t in texts[:2]]
+    assert out["decoded"] == texts[:2]
+    assert "'☃' not in this model's vocabulary" in out["encoded"][2].replace('"', "'")
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm"}
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class CDNHandler(QuietHandler):
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")  # as jsdelivr does: scripts of other sites may load it
+        super().end_headers()
+
+
+@pytest.fixture
+def serve():
+    """serve(folder) -> the URL of folder, served on 127.0.0.1 by a plain static server."""
+    servers = []
+
+    def start(folder: Path, handler: type = QuietHandler) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def open_page(chromium: str, url: str, tmp_path: Path) -> tuple[str, str]:
+    """Load url in headless Chromium and let it run (in virtual time); returns (body's data-state, #output's text)."""
+    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=60000",
+         "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = re.search(r'<body data-state="(\w+)"', result.stdout)
+    output = re.search(r'<pre id="output">(.*?)</pre>', result.stdout, re.S)
+    assert state and output, result.stdout[-2000:]
+    return state.group(1), html.unescape(output.group(1))
+
+
+def page_url(base: str, prompt: str, tokens: int, temperature: float = 0.0, **more) -> str:
+    from urllib.parse import urlencode
+
+    return base + "index.html?" + urlencode({"prompt": prompt, "tokens": tokens, "temperature": temperature, **more})
+
+
+@pytest.mark.parametrize("run_name", ["char_run", "bpe_run"])
+def test_page_generates_pytorchs_greedy_tokens(run_name, request, chromium, serve, tmp_path):
+    """The page's own code, in a browser, continues a prompt longer than the context as `sample` does."""
+    run = request.getfixturevalue(run_name)
+    site = tmp_path / "site"
+    result = run_cli("export", "--ckpt", run, "--web", site)
+    assert result.returncode == 0 and "works offline" in result.stdout, result.stderr
+    ckpt = tinyllm.load_checkpoint(run)
+    model, tok = ckpt["model"], ckpt["tokenizer"]
+    n = 2 * model.config.block_size  # the window slides
+    new = tinyllm.generate(model, torch.tensor([tok.encode(PROMPT)]), n, temperature=0)[0, -n:].tolist()  # with the cache
+    base = serve(site)
+    assert open_page(chromium, page_url(base, PROMPT, n), tmp_path) == ("done", PROMPT + tok.decode(new))
+    # top-k 1 samples the most likely token: the sampling path gives the greedy text too
+    assert open_page(chromium, page_url(base, PROMPT, n, 0.8, top_k=1, seed=1), tmp_path) == ("done", PROMPT + tok.decode(new))
+
+
+def test_page_without_the_runtime_loads_it_from_the_cdn(chromium, serve, char_run, tmp_path):
+    """Runtime files missing beside the page: it takes them from the CDN (a local stand-in here)."""
+    site = tinyllm.export_web(char_run, tmp_path / "site")
+    for name in tinyllm.ORT_WEB_FILES:
+        (site / name).unlink()
+    cdn = serve(REPO / "web" / "node_modules" / "onnxruntime-web" / "dist", CDNHandler)
+    script = (site / "tinyllm.js").read_text(encoding="utf-8")
+    assert "const CDN = `https://cdn.jsdelivr.net/npm/onnxruntime-web@${ORT_VERSION}/dist/`;" in script
+    (site / "tinyllm.js").write_text(re.sub(r"const CDN = `[^`]*`;", f"const CDN = {cdn!r};", script), encoding="utf-8")
+    assert open_page(chromium, page_url(serve(site), "The king", 5), tmp_path)[0] == "done"
+
+
+def test_page_answers_bad_input_with_a_message(chromium, serve, char_run, tmp_path):
+    site = tinyllm.export_web(char_run, tmp_path / "site")
+    base = serve(site)
+    state, output = open_page(chromium, page_url(base, "The king ☃ speaks", 10), tmp_path)
+    assert state == "error" and "'☃' not in this model's vocabulary" in output.replace('"', "'"), output
+    state, output = open_page(chromium, page_url(base, "The king", 10, -1), tmp_path)
+    assert state == "error" and output.startswith("temperature must be >= 0"), output
+    (site / "model.onnx").write_bytes(b"not a model")
+    state, output = open_page(chromium, page_url(base, "The king", 10), tmp_path)
+    assert state == "error" and output.startswith("could not load the model"), output
+
+
+def test_page_template_pins_the_runtime_version():
+    """The CDN fallback loads exactly the onnxruntime-web version that package.json pins and npm installs."""
+    pinned = json.loads((REPO / "web" / "package.json").read_text())["dependencies"]["onnxruntime-web"]
+    lock = json.loads((REPO / "web" / "package-lock.json").read_text())
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned)
+    assert lock["packages"]["node_modules/onnxruntime-web"]["version"] == pinned
+    assert f'const ORT_VERSION = "{pinned}";' in (REPO / "web" / "tinyllm.js").read_text()
