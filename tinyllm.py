@@ -942,7 +942,8 @@ def lr_at(step: int, progress: float, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW, with weight decay on the matrices only: decaying gains and embeddings' norms helps nothing."""
+    """AdamW, with weight decay on every parameter of 2 or more dimensions (the weight matrices, the tied
+    embedding included) and none on the 1-D RMSNorm gains, which set scales rather than store patterns."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]

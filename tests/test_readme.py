@@ -31,3 +31,12 @@ def test_readme_api_example_runs(tmp_path, corpus_file):
     assert (tmp_path / "runs" / "api-demo" / "best.pt").is_file()
     assert (tmp_path / "runs" / "api-demo" / "last.pt").is_file()
     assert "A fool" in result.stdout  # the greedy continuation printed after loading best.pt
+
+
+def test_readme_badge_opens_the_repository_the_notebook_names():
+    """GITHUB_REPO in .ci/build_notebook.py is the one place: the README's badge must point where the notebook's does."""
+    builder = (REPO / ".ci" / "build_notebook.py").read_text(encoding="utf-8")
+    repo = re.search(r'^GITHUB_REPO = "([^"]+)"', builder, re.M).group(1)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    badges = re.findall(r"colab\.research\.google\.com/github/([^)\s]+)/blob/main/tiny_llm\.ipynb", readme)
+    assert badges and set(badges) == {repo}
