@@ -210,6 +210,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        """`text` as plain text, never a special token: how to encode what a user typed (section 14)."""
+        return self.encode(text)
+
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
 
@@ -249,14 +253,29 @@ class Tokenizer:
                              "text.encode('utf-8', 'replace').decode('utf-8')")
 
 
+def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
+    """Special tokens as a list, after checking that they are distinct, non-empty strings."""
+    special_tokens = list(special_tokens)
+    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
+    return special_tokens
+
+
 class CharTokenizer(Tokenizer):
-    """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with."""
+    """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with.
+
+    Special tokens (section 14's chat markers), if any, take the ids after the characters. `encode`
+    only ever gives characters, so no text can turn into a special token: code adds them by id.
+    """
 
     kind = "char"
 
-    def __init__(self, chars: str):
+    def __init__(self, chars: str, special_tokens: Sequence[str] = ()):
         self.chars = "".join(sorted(set(chars)))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
+        special_tokens = check_special_tokens(special_tokens)
+        self.special_tokens = {s: len(self.chars) + i for i, s in enumerate(special_tokens)}  # text -> id
+        self.itos = list(self.chars) + special_tokens  # id -> text
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -268,7 +287,7 @@ class CharTokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.itos)
 
     def encode(self, text: str) -> list[int]:
         self._check_text(text)
@@ -283,10 +302,11 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self.chars[i] for i in self._check_ids(ids))
+        return "".join(self.itos[i] for i in self._check_ids(ids))
 
     def to_dict(self) -> dict:
-        return {"type": "char", "chars": self.chars}
+        specials = {"special_tokens": list(self.special_tokens)} if self.special_tokens else {}
+        return {"type": "char", "chars": self.chars, **specials}
 
 
 # GPT-2 style pre-split: contractions, words with their leading space, numbers, punctuation runs and
@@ -413,8 +433,7 @@ def bpe_encode_chunk(chunk: str, ranks: dict[tuple[int, int], int]) -> list[int]
 
 def bpe_merges_wanted(vocab_size: int, special_tokens: list[str]) -> int:
     """How many merges a BPE vocabulary of vocab_size has room for, after the 256 bytes and the special tokens."""
-    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
+    check_special_tokens(special_tokens)
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (256 byte tokens + "
                          f"{len(special_tokens)} special tokens), got {vocab_size}: use a larger vocab size")
@@ -425,8 +444,7 @@ class BPETokenizer(Tokenizer):
     """Byte-level byte-pair encoding (BPE), as in GPT-2, written from scratch.
 
     Ids 0-255 are the raw UTF-8 bytes, so any string at all can be encoded; merge i (a pair of ids
-    that often stand side by side) becomes id 256 + i. Special tokens, if any, come after the merges
-    and are never split.
+    that often stand side by side) becomes id 256 + i. Special tokens come after the merges, whole.
     """
 
     kind = "bpe"
@@ -449,34 +467,35 @@ class BPETokenizer(Tokenizer):
               pattern: str = SPLIT_PATTERN) -> "BPETokenizer":
         """Learn `vocab_size - 256 - len(special_tokens)` merges from `text` (with learn_merges)."""
         special_tokens = list(special_tokens)
-        n_merges = bpe_merges_wanted(vocab_size, special_tokens)
-        merges = learn_merges(text, n_merges, special_tokens, pattern)
+        merges = learn_merges(text, bpe_merges_wanted(vocab_size, special_tokens), special_tokens, pattern)
         return cls(merges, {s: 256 + len(merges) + i for i, s in enumerate(special_tokens)}, pattern)
 
     @property
     def vocab_size(self) -> int:
         return 256 + len(self.merges) + len(self.special_tokens)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids for `text`: special tokens whole, every other chunk through the merges."""
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids for `text` as plain text: a special token's spelling becomes ordinary tokens."""
         self._check_text(text)
         ids: list[int] = []
+        for chunk in self.regex.findall(text):
+            chunk_ids = self.cache.get(chunk) or bpe_encode_chunk(chunk, self.ranks)
+            if len(self.cache) < 100_000:  # bounded, whatever text comes in
+                self.cache[chunk] = chunk_ids
+            ids.extend(chunk_ids)
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for `text`: special tokens whole, the text between them through encode_ordinary."""
+        ids: list[int] = []
         for part in self.special_regex.split(text) if self.special_regex else [text]:
-            if part in self.special_tokens:
-                ids.append(self.special_tokens[part])
-                continue
-            for chunk in self.regex.findall(part):
-                chunk_ids = self.cache.get(chunk) or bpe_encode_chunk(chunk, self.ranks)
-                if len(self.cache) < 100_000:  # bounded, whatever text comes in
-                    self.cache[chunk] = chunk_ids
-                ids.extend(chunk_ids)
+            ids += [self.special_tokens[part]] if part in self.special_tokens else self.encode_ordinary(part)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """Bytes back to text; ids that do not form valid UTF-8 become the replacement character."""
         specials = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
-        data = b"".join(specials[i] if i in specials else self.vocab[i] for i in self._check_ids(ids))
-        return data.decode("utf-8", errors="replace")
+        return b"".join(specials.get(i) or self.vocab[i] for i in self._check_ids(ids)).decode("utf-8", errors="replace")
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "pattern": self.pattern, "merges": [list(m) for m in self.merges],
@@ -489,7 +508,7 @@ def tokenizer_of(data: dict) -> Tokenizer:
     It trusts its input: files from elsewhere go through `load_tokenizer` (Part II), which checks them.
     """
     if data["type"] == "char":
-        return CharTokenizer(data["chars"])
+        return CharTokenizer(data["chars"], data.get("special_tokens", ()))
     return BPETokenizer([tuple(m) for m in data["merges"]], data.get("special_tokens"), data.get("pattern", SPLIT_PATTERN))
 
 
@@ -1378,7 +1397,13 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
         chars = data.get("chars")
         if not isinstance(chars, str) or not chars or list(chars) != sorted(set(chars)):
             raise ValueError("malformed char tokenizer: 'chars' must be a non-empty string of distinct, sorted characters")
-        return CharTokenizer(chars)
+        specials = data.get("special_tokens", [])
+        if not isinstance(specials, list):
+            raise ValueError("malformed char tokenizer: 'special_tokens' must be a list of distinct, non-empty strings")
+        try:
+            return CharTokenizer(chars, specials)
+        except ValueError as e:  # a special token that is not a string, empty, or twice
+            raise ValueError(f"malformed char tokenizer: {e}") from None
     merges, specials, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern", SPLIT_PATTERN)
     if not isinstance(merges, list) or not isinstance(specials, dict) or not isinstance(pattern, str):
         raise ValueError("malformed BPE tokenizer: 'merges' must be a list, 'special_tokens' a dict and 'pattern' a string")
@@ -2022,14 +2047,19 @@ def hf_tokenizer(tokenizer: Tokenizer):
     byte-to-unicode table, which tokenizers' ByteLevel uses), merges are applied lowest rank first
     within the chunks of our split pattern, and special tokens are cut out first, as ours are.
     Char: a BPE without merges, whose vocabulary is our characters; characters outside it are
-    dropped silently (tinyllm raises an error instead).
+    dropped silently (tinyllm raises an error instead). Its special tokens (a chat model's markers)
+    become added special tokens with the same ids, which `tokenizers` cuts out of text, as
+    BPETokenizer.encode does; tinyllm's CharTokenizer.encode never does.
     """
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
     if isinstance(tokenizer, CharTokenizer):
-        hf = HFTokenizer(models.BPE(vocab=dict(tokenizer.stoi), merges=[]))
+        if set(tokenizer.special_tokens) & set(tokenizer.stoi):
+            raise ValueError("a special token is spelled as one of the characters, which tokenizer.json cannot express")
+        hf = HFTokenizer(models.BPE(vocab={**tokenizer.stoi, **tokenizer.special_tokens}, merges=[]))
         hf.decoder = decoders.Fuse()  # join the characters as they are (the default puts spaces between)
+        hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in tokenizer.special_tokens])
         return hf
     if not isinstance(tokenizer, BPETokenizer):
         raise ValueError(f"cannot export a {type(tokenizer).__name__} to Hugging Face's format")
