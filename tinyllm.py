@@ -1663,6 +1663,7 @@ def chat(model: TinyLLM, tokenizer: Tokenizer, messages: list[dict], max_new_tok
 import argparse  # noqa: E402  (Part II's own imports: the chapter above needs none of them)
 import errno  # noqa: E402
 import io  # noqa: E402
+import itertools  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -2177,6 +2178,38 @@ def build_parser() -> CLIParser:
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     s.set_defaults(func=cmd_sample)
 
+    c = sub.add_parser("chat-train", help="fine-tune a chat model on generated conversations (Tilly the tortoise)",
+                       description="Fine-tune a model into a chat model on conversations generated in code (section 14): "
+                                   "small talk in Tilly the tortoise's persona and sums of two numbers, with the loss on "
+                                   "the assistant's tokens only. Ends with the exact-match accuracy on held-out sums "
+                                   "and the share of replies that end with <|end|>.")
+    c.add_argument("--init", metavar="CKPT|DIR", help="start from this model, e.g. a `train` run (default: from scratch)")
+    c.add_argument("--preset", help=f"for a new model: {', '.join(PRESETS)} (default: 9m on a GPU, cpu otherwise)")
+    c.add_argument("--max-time", type=float, help=f"stop after this many seconds (default: {CHAT_MAX_TIME:.0f} without --max-steps)")
+    c.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    c.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
+    c.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    c.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the preset's)")
+    c.add_argument("--conversations", type=int, default=20_000, help="conversations to generate (default 20000)")
+    c.add_argument("--no-mask", action="store_true", help="train on every token (full-sequence loss), not only the assistant's")
+    c.add_argument("--out", help="run directory for last.pt and best.pt (default: a new runs/<date-time>)")
+    c.add_argument("--seed", type=int, default=1337, help="random seed for the conversations and the run (default 1337)")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    c.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
+    c.add_argument("--quiet", action="store_true", help="no progress bar or loss lines")
+    c.set_defaults(func=cmd_chat_train)
+
+    h = sub.add_parser("chat", help="talk to a chat model", description="Talk to a model from chat-train. At a terminal, "
+                       "an interactive prompt; otherwise one user message per input line and one reply per output line.")
+    h.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
+    h.add_argument("--max-new-tokens", type=int, default=64, help="the longest reply, in tokens (default 64)")
+    h.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the default; e.g. 0.8 for variety")
+    h.add_argument("--top-k", type=int, help="sample only from the k most likely tokens")
+    h.add_argument("--top-p", type=float, help="sample only from the most likely tokens that make up probability p")
+    h.add_argument("--seed", type=int, help="random seed, for repeatable replies when sampling")
+    h.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    h.set_defaults(func=cmd_chat)
+
     e = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers",
                        description="Write a checkpoint as a folder that Hugging Face transformers loads as "
                                    "LlamaForCausalLM (config.json, model.safetensors, tokenizer.json). "
@@ -2232,6 +2265,9 @@ def cmd_train(args) -> int:
             remove_stale_temp_files(out)  # a crash mid-save leaves one; gone even if there is nothing to resume
         state = load_checkpoint(out / "last.pt")
         model, tokenizer, config, meta = state["model"], state["tokenizer"], state["train_config"], state["meta"]
+        if (meta or {}).get("chat"):
+            raise ValueError(f"{out} is a chat-train run, which train --resume cannot continue: start a new chat-train "
+                             f"run, e.g. with --init {out}")
         if state.get("done"):
             run = state["train_state"]
             print(f"the run in {out} already finished at step {run.step} (best val loss {run.best_val:.4f}); "
@@ -2327,6 +2363,133 @@ def cmd_sample(args) -> int:
     complete(ckpt["model"], ckpt["tokenizer"], args.prompt, args.max_new_tokens, args.temperature, args.top_k,
              args.top_p, args.seed, args.stop, not args.no_cache, on_text=show)
     show("\n")
+    return 0
+
+
+CHAT_MAX_TIME = 120.0  # chat-train's default budget in seconds (bench/README.md, "Chat": what it buys on 2 CPU cores)
+
+
+def chat_start(args, device: torch.device) -> tuple[TinyLLM, Tokenizer, str]:
+    """chat-train's model, its chat tokenizer and the preset for its training settings: new, or grown from --init."""
+    if not args.init:
+        preset = args.preset or ("9m" if device.type == "cuda" else "cpu")
+        check_preset(preset)
+        tokenizer = chat_tokenizer()
+        seed_everything(args.seed)
+        return TinyLLM(ModelConfig.from_preset(preset, tokenizer.vocab_size)), tokenizer, preset
+    ckpt = load_checkpoint(args.init, device)
+    model, base = ckpt["model"], ckpt["tokenizer"]
+    if base is None:
+        raise ValueError(f"--init {args.init} holds no tokenizer, so its token ids mean nothing known: use a run of "
+                         "tinyllm.py train")
+    if base.vocab_size != model.config.vocab_size:
+        raise ValueError(f"--init {args.init}: its model has {model.config.vocab_size} token rows but its tokenizer "
+                         f"{base.vocab_size} tokens, so it was trained with another tokenizer: use a run of tinyllm.py train")
+    try:
+        tokenizer = chat_tokenizer(base)
+        model = grow_vocab(model, base, tokenizer, args.seed)
+    except ValueError as e:
+        raise ValueError(f"--init {args.init}: cannot add the chat tokens to its tokenizer ({e})") from None
+    same = [name for name, p in PRESETS.items() if ModelConfig.from_preset(name, model.config.vocab_size) == model.config]
+    preset = args.preset or (ckpt.get("meta") or {}).get("preset") or (same[0] if same else "cpu")
+    check_preset(preset)
+    return model, tokenizer, preset
+
+
+def cmd_chat_train(args) -> int:
+    if args.conversations < 1:
+        raise ValueError(f"--conversations must be at least 1, got {args.conversations}")
+    device = pick_device(args.device)
+    out = Path(args.out or str(new_run_dir()))
+    if (out / "last.pt").exists() or (out / "best.pt").exists():
+        raise FileExistsError(f"{out} already holds a run: choose another --out")
+    check_run_dir(out)
+    model, tokenizer, preset = chat_start(args, device)
+    block = model.config.block_size
+    train_data = chat_data(tokenizer, make_conversations(args.conversations, args.seed), block)
+    val_data = chat_data(tokenizer, make_conversations(500, args.seed + 1, held_out=True), block)
+    budget = {"max_time": args.max_time, "max_steps": args.max_steps}
+    if args.max_time is None:
+        budget["max_time"] = None if args.max_steps is not None else CHAT_MAX_TIME
+    if args.max_steps is None:
+        budget["max_steps"] = 10**9  # a time budget alone: no step limit
+    overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval).items()
+                 if v is not None}
+    if args.lr is not None:
+        overrides["min_lr"] = args.lr / 10
+    config = TrainConfig.from_preset(preset, **budget, **overrides, device=str(device), dtype=args.dtype, seed=args.seed,
+                                     out_dir=str(out), progress=not args.quiet)
+    masked = not args.no_mask
+    print(f"tinyllm chat-train | {model.num_params() / 1e6:.2f}M parameters, from {args.init or 'scratch'} ({preset} "
+          f"settings) | device {device} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | {args.conversations:,} "
+          f"conversations, {len(train_data.ids):,} tokens | loss on {'the assistant tokens' if masked else 'every token'} | "
+          f"budget {f'{config.max_time:.0f} s' if config.max_time else f'{config.max_steps} steps'} | out {out}")
+
+    def batch_source(generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return chat_batch(train_data, config.batch_size, block, generator, device, masked)
+
+    meta = {"chat": True, "persona": "Tilly", "init": str(args.init) if args.init else None, "masked": masked,
+            "preset": preset, "conversations": args.conversations}
+    try:
+        history = fit(model, None, None, config, tokenizer=tokenizer, meta=meta, batch_source=batch_source,
+                      val_loss=lambda m, whole: assistant_loss(m, val_data, 256 if whole else 64))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: last.pt saved in {out}", file=sys.stderr)
+        return 130
+    best = load_checkpoint(out / "best.pt", device)
+    final = history[-1]
+    print(f"done: step {final['step']}, loss on the assistant's tokens (held-out conversations) {final['val_loss']:.4f}, "
+          f"best {best['best_val']:.4f}, {final['seconds']:.0f} s. Talk to it: python tinyllm.py chat --ckpt {out}")
+    question, expected = min(held_out_sums(20), key=lambda qa: len(qa[0]))  # a short one fits any context
+    with contextlib.suppress(ValueError):  # unless the context is tiny
+        reply = chat(best["model"], tokenizer, [{"role": "user", "content": question}])
+        print(f"you> {question}\ntilly> {reply}   (expected: {expected})")
+    result = chat_eval(best["model"], tokenizer, held_out_sums(200))
+    print(f"held-out accuracy: {100 * result['accuracy']:.1f}% (n={result['n']}); "
+          f"replies ending with <|end|>: {100 * result['stop_rate']:.1f}%")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    sample_token(torch.zeros(1, 2), args.temperature, args.top_k, args.top_p)  # bad settings fail now, not after loading
+    ckpt = load_checkpoint(args.ckpt, pick_device(args.device))
+    model, tokenizer = ckpt["model"], ckpt["tokenizer"]
+    if tokenizer is None or not all(t in getattr(tokenizer, "special_tokens", {}) for t in CHAT_TOKENS):
+        raise ValueError(f"{args.ckpt} is a text model, not a chat model: its tokenizer has no <|user|>, <|assistant|> "
+                         f"and <|end|> tokens. Fine-tune it first: python tinyllm.py chat-train --init {args.ckpt}")
+    interactive, name = sys.stdin.isatty(), (ckpt.get("meta") or {}).get("persona", "assistant").lower()
+    if interactive:
+        print(f"Talking to {args.ckpt} (context {model.config.block_size} tokens: the oldest turns are dropped to fit). "
+              "Ctrl-D to leave.")
+    messages: list[dict] = []
+    for number in itertools.count(1):
+        try:
+            line = input("you> ") if interactive else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not interactive and not line:
+            return 0  # the end of the input
+        turn = messages + [{"role": "user", "content": line.rstrip("\r\n")}]
+        try:
+            if not turn[-1]["content"].strip():
+                raise ValueError("the message is empty: " + ("type some text (Ctrl-D to leave)" if interactive else
+                                                              "give one user message per line"))
+            fit_context(tokenizer, turn, model.config.block_size, model.config.block_size // 4)  # a bad turn fails here
+            if interactive:
+                print(f"{name}> ", end="", flush=True)
+            reply = chat(model, tokenizer, turn, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                         None if args.seed is None else args.seed + number,
+                         on_text=(lambda piece: print(piece, end="", flush=True)) if interactive else None)
+        except ValueError as e:
+            if not interactive:
+                raise ValueError(f"line {number}: {e}") from None
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print() if interactive else print(" ".join(reply.split("\n")), flush=True)
+        messages = turn + [{"role": "assistant", "content": reply}]
     return 0
 
 
