@@ -1374,8 +1374,9 @@ def lint_conversation(messages: list[dict], chars: str = CHAT_CHARS) -> None:
             raise ValueError(f"a chat token spelled out in {text!r}")
 
 
-def make_conversations(n: int, seed: int, held_out: bool = False, max_number: int = MAX_NUMBER) -> list[list[dict]]:
-    """n conversations of 1-3 exchanges, half sums and half small talk, the same for the same seed.
+def make_conversations(n: int, seed: int, held_out: bool = False, max_number: int = MAX_NUMBER,
+                       sums: float = 0.5) -> list[list[dict]]:
+    """n conversations of 1-3 exchanges, a share `sums` of them sums, the rest small talk; the same for the same seed.
 
     Sums use only pairs outside the held-out set (or, with held_out=True, only pairs inside it).
     Each conversation is a list of {"role": "user" | "assistant", "content": text}, linted.
@@ -1385,7 +1386,7 @@ def make_conversations(n: int, seed: int, held_out: bool = False, max_number: in
     for _ in range(n):
         messages = []
         for _ in range(rng.randint(1, 3)):
-            if rng.random() < 0.5:
+            if rng.random() < sums:
                 a, b = rng.randint(0, max_number), rng.randint(0, max_number)
                 while is_held_out(a, b) != held_out:
                     a, b = rng.randint(0, max_number), rng.randint(0, max_number)

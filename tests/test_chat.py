@@ -206,21 +206,23 @@ def test_grow_vocab_keeps_the_old_logits_of_old_tokens(kind, corpus_text, bpe):
 # ---- fine-tuning and talking ----------------------------------------------------------------------------------
 
 def test_a_tiny_fine_tuning_run_learns_held_out_sums():
-    """From scratch, the tiny model learns to add numbers up to 9 well above chance (about 1 in 19) in a few seconds."""
+    """From scratch, the tiny model learns to add numbers up to 19 on pairs it never saw.
+
+    Chance (a sum guessed from 0..38) is about 3%; this run gets 73% (59% to 77% over seeds 0-2),
+    so the bar of 25% has a wide margin. Sums only and 32 windows a step, so that ~10 s suffice.
+    """
     tok = tinyllm.chat_tokenizer()
     model = tiny_model(tok.vocab_size, seed=0, block_size=48)
-    data = tinyllm.chat_data(tok, tinyllm.make_conversations(4000, seed=0, max_number=MAX_N), 48)
-    exam = tinyllm.held_out_sums(200, max_number=MAX_N)
+    data = tinyllm.chat_data(tok, tinyllm.make_conversations(4000, seed=0, max_number=19, sums=1.0), 48)
+    exam = tinyllm.held_out_sums(200, max_number=19)
+    assert len(exam) == 22
     assert tinyllm.chat_eval(model, tok, exam)["accuracy"] == 0
-    config = tinyllm.TrainConfig.from_preset("tiny", max_steps=STEPS, eval_interval=STEPS, lr=LR, min_lr=LR / 10,
-                                             device="cpu", progress=False)
+    config = tinyllm.TrainConfig.from_preset("tiny", batch_size=32, max_steps=900, eval_interval=900, lr=1e-2,
+                                             min_lr=1e-3, device="cpu", seed=0, progress=False)
     history = tinyllm.finetune(model, data, config, on_eval=lambda m: tinyllm.chat_eval(m, tok, exam))
-    assert history[-1]["step"] == STEPS
-    assert history[-1]["stop_rate"] > 0.9
-    assert history[-1]["accuracy"] >= 0.3, history
-
-
-MAX_N, STEPS, LR = 9, 600, 1e-2
+    assert [row["step"] for row in history] == [900]
+    assert history[-1]["stop_rate"] == 1.0
+    assert history[-1]["accuracy"] >= 0.25, history
 
 
 def test_fit_with_a_chat_batch_source_trains_exactly_like_finetune(tmp_path):
