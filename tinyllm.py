@@ -253,14 +253,6 @@ class Tokenizer:
                              "text.encode('utf-8', 'replace').decode('utf-8')")
 
 
-def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
-    """Special tokens as a list, after checking that they are distinct, non-empty strings."""
-    special_tokens = list(special_tokens)
-    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
-    return special_tokens
-
-
 class CharTokenizer(Tokenizer):
     """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with.
 
@@ -273,7 +265,9 @@ class CharTokenizer(Tokenizer):
     def __init__(self, chars: str, special_tokens: Sequence[str] = ()):
         self.chars = "".join(sorted(set(chars)))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
-        special_tokens = check_special_tokens(special_tokens)
+        special_tokens = list(special_tokens)
+        if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
+            raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
         self.special_tokens = {s: len(self.chars) + i for i, s in enumerate(special_tokens)}  # text -> id
         self.itos = list(self.chars) + special_tokens  # id -> text
 
@@ -433,7 +427,8 @@ def bpe_encode_chunk(chunk: str, ranks: dict[tuple[int, int], int]) -> list[int]
 
 def bpe_merges_wanted(vocab_size: int, special_tokens: list[str]) -> int:
     """How many merges a BPE vocabulary of vocab_size has room for, after the 256 bytes and the special tokens."""
-    check_special_tokens(special_tokens)
+    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (256 byte tokens + "
                          f"{len(special_tokens)} special tokens), got {vocab_size}: use a larger vocab size")
@@ -495,7 +490,7 @@ class BPETokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         """Bytes back to text; ids that do not form valid UTF-8 become the replacement character."""
         specials = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
-        return b"".join(specials.get(i) or self.vocab[i] for i in self._check_ids(ids)).decode("utf-8", errors="replace")
+        return b"".join(specials.get(i) or self.vocab[i] for i in self._check_ids(ids)).decode("utf-8", "replace")
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "pattern": self.pattern, "merges": [list(m) for m in self.merges],
@@ -1375,7 +1370,7 @@ def lint_conversation(messages: list[dict], chars: str = CHAT_CHARS) -> None:
 
 
 def make_conversations(n: int, seed: int, held_out: bool = False, max_number: int = MAX_NUMBER,
-                       sums: float = 0.5) -> list[list[dict]]:
+                       sums: float = 0.75) -> list[list[dict]]:
     """n conversations of 1-3 exchanges, a share `sums` of them sums, the rest small talk; the same for the same seed.
 
     Sums use only pairs outside the held-out set (or, with held_out=True, only pairs inside it).
@@ -1598,7 +1593,8 @@ def finetune(model: TinyLLM, data: ChatData, config: TrainConfig, masked: bool =
         state.step, state.elapsed = state.step + 1, time.perf_counter() - t0
         if state.step % config.eval_interval == 0 or state.finished(config):
             row = {"step": state.step, "seconds": round(state.elapsed, 1),
-                   "train_loss": sum(state.recent_losses) / len(state.recent_losses), **(on_eval(model) if on_eval else {})}
+                   "train_loss": sum(state.recent_losses) / len(state.recent_losses)}
+            row.update(on_eval(model) if on_eval else {})
             state.history.append(row)
             state.recent_losses = []
             if config.progress:
@@ -1949,8 +1945,8 @@ def restore_rng_states(rng: dict, generator: torch.Generator, device: torch.devi
 
 
 def fit(model: TinyLLM, train_ids: Optional[Sequence[int] | torch.Tensor],
-        val_ids: Optional[Sequence[int] | torch.Tensor], config: TrainConfig, tokenizer: Optional[Tokenizer] = None, resume: Optional[dict] = None,
-        meta: Optional[dict] = None,
+        val_ids: Optional[Sequence[int] | torch.Tensor], config: TrainConfig, tokenizer: Optional[Tokenizer] = None,
+        resume: Optional[dict] = None, meta: Optional[dict] = None,
         batch_source: Optional[Callable[[torch.Generator, torch.device], tuple[torch.Tensor, torch.Tensor]]] = None,
         val_loss: Optional[Callable[[TinyLLM, bool], float]] = None) -> list[dict]:
     """`train` (section 9) for real runs: the same steps, plus checkpoints, exact resume, Ctrl-C and DDP.
@@ -2180,28 +2176,31 @@ def build_parser() -> CLIParser:
     s.set_defaults(func=cmd_sample)
 
     c = sub.add_parser("chat-train", help="fine-tune a chat model on generated conversations (Tilly the tortoise)",
-                       description="Fine-tune a model into a chat model on conversations generated in code (section 14): "
-                                   "small talk in Tilly the tortoise's persona and sums of two numbers, with the loss on "
-                                   "the assistant's tokens only. Ends with the exact-match accuracy on held-out sums "
-                                   "and the share of replies that end with <|end|>.")
-    c.add_argument("--init", metavar="CKPT|DIR", help="start from this model, e.g. a `train` run (default: from scratch)")
+                       description="Fine-tune a model into a chat model on conversations generated in code "
+                                   "(section 14): small talk in Tilly the tortoise's persona and sums of two "
+                                   "numbers, with the loss on the assistant's tokens only. Ends with the exact-match "
+                                   "accuracy on held-out sums and the share of replies that end with <|end|>.")
+    c.add_argument("--init", metavar="CKPT|DIR", help="start from this model, e.g. a `train` run (default: a new one)")
     c.add_argument("--preset", help=f"for a new model: {', '.join(PRESETS)} (default: 9m on a GPU, cpu otherwise)")
-    c.add_argument("--max-time", type=float, help=f"stop after this many seconds (default: {CHAT_MAX_TIME:.0f} without --max-steps)")
+    c.add_argument("--max-time", type=float,
+                   help=f"stop after this many seconds (default: {CHAT_MAX_TIME:.0f} without --max-steps)")
     c.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     c.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
     c.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     c.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the preset's)")
     c.add_argument("--conversations", type=int, default=20_000, help="conversations to generate (default 20000)")
-    c.add_argument("--no-mask", action="store_true", help="train on every token (full-sequence loss), not only the assistant's")
+    c.add_argument("--no-mask", action="store_true",
+                   help="train on every token (full-sequence loss), not only on the assistant's")
     c.add_argument("--out", help="run directory for last.pt and best.pt (default: a new runs/<date-time>)")
-    c.add_argument("--seed", type=int, default=1337, help="random seed for the conversations and the run (default 1337)")
+    c.add_argument("--seed", type=int, default=1337, help="seed of the conversations and the run (default 1337)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     c.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
     c.add_argument("--quiet", action="store_true", help="no progress bar or loss lines")
     c.set_defaults(func=cmd_chat_train)
 
-    h = sub.add_parser("chat", help="talk to a chat model", description="Talk to a model from chat-train. At a terminal, "
-                       "an interactive prompt; otherwise one user message per input line and one reply per output line.")
+    h = sub.add_parser("chat", help="talk to a chat model",
+                       description="Talk to a model from chat-train. At a terminal, an interactive prompt; "
+                                   "otherwise one user message per input line and one reply per output line.")
     h.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
     h.add_argument("--max-new-tokens", type=int, default=64, help="the longest reply, in tokens (default 64)")
     h.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the default; e.g. 0.8 for variety")
@@ -2385,13 +2384,14 @@ def chat_start(args, device: torch.device) -> tuple[TinyLLM, Tokenizer, str]:
                          "tinyllm.py train")
     if base.vocab_size != model.config.vocab_size:
         raise ValueError(f"--init {args.init}: its model has {model.config.vocab_size} token rows but its tokenizer "
-                         f"{base.vocab_size} tokens, so it was trained with another tokenizer: use a run of tinyllm.py train")
+                         f"{base.vocab_size} tokens, so it was trained with another tokenizer: use a run of "
+                         "tinyllm.py train")
     try:
         tokenizer = chat_tokenizer(base)
         model = grow_vocab(model, base, tokenizer, args.seed)
     except ValueError as e:
         raise ValueError(f"--init {args.init}: cannot add the chat tokens to its tokenizer ({e})") from None
-    same = [name for name, p in PRESETS.items() if ModelConfig.from_preset(name, model.config.vocab_size) == model.config]
+    same = [name for name in PRESETS if ModelConfig.from_preset(name, model.config.vocab_size) == model.config]
     preset = args.preset or (ckpt.get("meta") or {}).get("preset") or (same[0] if same else "cpu")
     check_preset(preset)
     return model, tokenizer, preset
@@ -2418,13 +2418,14 @@ def cmd_chat_train(args) -> int:
                  if v is not None}
     if args.lr is not None:
         overrides["min_lr"] = args.lr / 10
-    config = TrainConfig.from_preset(preset, **budget, **overrides, device=str(device), dtype=args.dtype, seed=args.seed,
-                                     out_dir=str(out), progress=not args.quiet)
+    config = TrainConfig.from_preset(preset, **budget, **overrides, device=str(device), dtype=args.dtype,
+                                     seed=args.seed, out_dir=str(out), progress=not args.quiet)
     masked = not args.no_mask
-    print(f"tinyllm chat-train | {model.num_params() / 1e6:.2f}M parameters, from {args.init or 'scratch'} ({preset} "
-          f"settings) | device {device} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | {args.conversations:,} "
-          f"conversations, {len(train_data.ids):,} tokens | loss on {'the assistant tokens' if masked else 'every token'} | "
-          f"budget {f'{config.max_time:.0f} s' if config.max_time else f'{config.max_steps} steps'} | out {out}")
+    print(f"tinyllm chat-train | {model.num_params() / 1e6:.2f}M parameters, from {args.init or 'scratch'} "
+          f"({preset} settings) | device {device} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
+          f"{args.conversations:,} conversations, {len(train_data.ids):,} tokens | loss on "
+          f"{'the assistant tokens' if masked else 'every token'} | budget "
+          f"{f'{config.max_time:.0f} s' if config.max_time else f'{config.max_steps} steps'} | out {out}")
 
     def batch_source(generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return chat_batch(train_data, config.batch_size, block, generator, device, masked)
@@ -2439,8 +2440,9 @@ def cmd_chat_train(args) -> int:
         return 130
     best = load_checkpoint(out / "best.pt", device)
     final = history[-1]
-    print(f"done: step {final['step']}, loss on the assistant's tokens (held-out conversations) {final['val_loss']:.4f}, "
-          f"best {best['best_val']:.4f}, {final['seconds']:.0f} s. Talk to it: python tinyllm.py chat --ckpt {out}")
+    print(f"done: step {final['step']}, loss on the assistant's tokens of held-out conversations "
+          f"{final['val_loss']:.4f}, best {best['best_val']:.4f}, {final['seconds']:.0f} s. "
+          f"Talk to it: python tinyllm.py chat --ckpt {out}")
     question, expected = min(held_out_sums(20), key=lambda qa: len(qa[0]))  # a short one fits any context
     with contextlib.suppress(ValueError):  # unless the context is tiny
         reply = chat(best["model"], tokenizer, [{"role": "user", "content": question}])
@@ -2454,7 +2456,7 @@ def cmd_chat_train(args) -> int:
 def cmd_chat(args) -> int:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    sample_token(torch.zeros(1, 2), args.temperature, args.top_k, args.top_p)  # bad settings fail now, not after loading
+    sample_token(torch.zeros(1, 2), args.temperature, args.top_k, args.top_p)  # bad settings fail before loading
     ckpt = load_checkpoint(args.ckpt, pick_device(args.device))
     model, tokenizer = ckpt["model"], ckpt["tokenizer"]
     if tokenizer is None or not all(t in getattr(tokenizer, "special_tokens", {}) for t in CHAT_TOKENS):
@@ -2462,8 +2464,8 @@ def cmd_chat(args) -> int:
                          f"and <|end|> tokens. Fine-tune it first: python tinyllm.py chat-train --init {args.ckpt}")
     interactive, name = sys.stdin.isatty(), (ckpt.get("meta") or {}).get("persona", "assistant").lower()
     if interactive:
-        print(f"Talking to {args.ckpt} (context {model.config.block_size} tokens: the oldest turns are dropped to fit). "
-              "Ctrl-D to leave.")
+        print(f"Talking to {args.ckpt} (context {model.config.block_size} tokens: the oldest turns are dropped to "
+              "fit). Ctrl-D to leave.")
     messages: list[dict] = []
     for number in itertools.count(1):
         try:
