@@ -1,9 +1,10 @@
 """tinyllm: a tiny language model, from text to samples, in one readable file.
 
-The pipeline is: text -> tokenizer -> decoder-only transformer -> training loop -> sampling.
+The pipeline is: text -> tokenizer -> decoder-only transformer -> training loop -> sampling, and then
+conversations -> fine-tuning with a masked loss -> a chat model (section 14).
 
 The file has two parts:
-  Part I, the chapter (sections 1-13): what a learner needs to see, in the order of the notebook
+  Part I, the chapter (sections 1-14): what a learner needs to see, in the order of the notebook
     `tiny_llm.ipynb`, which holds every one of these definitions too, identical, under the same
     numbered headings. Read it side by side with the notebook.
   Part II, the toolkit (sections A-E, module only): what real runs need on top - crash-safe

@@ -398,3 +398,16 @@ def test_hf_export_keeps_a_char_tokenizers_chat_tokens():
     assert hf.encode(text).ids == tok.encode(text)
     ids, _ = tinyllm.encode_chat(tok, one_turn(text, "2 plus 3 is 5."))
     assert hf.encode(tok.decode(ids)).ids == ids  # the markers are special tokens with the same ids
+
+
+def test_the_readme_chat_example_runs(base_run, capsys):
+    """The README's "From text to chat" Python example, as written but smaller (the tiny model, 20 steps)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", readme.split("## From text to chat", 1)[1], re.S).group(1)
+    assert "tl.finetune(" in code and "tl.chat(" in code and "tl.grow_vocab(" in code
+    code = code.replace('"runs/shakespeare"', repr(str(base_run))).replace('"cpu"', '"tiny"')
+    code = code.replace("max_steps=2000", "max_steps=20").replace("20_000", "300")
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("step 20 | ")  # finetune's progress line
+    assert out[-2].startswith("{'accuracy': ") and out[-2].endswith("'n': 200}")
