@@ -1,9 +1,10 @@
 """tinyllm: a tiny language model, from text to samples, in one readable file.
 
-The pipeline is: text -> tokenizer -> decoder-only transformer -> training loop -> sampling.
+The pipeline is: text -> tokenizer -> decoder-only transformer -> training loop -> sampling, and then
+conversations -> fine-tuning with a masked loss -> a chat model (section 14).
 
 The file has two parts:
-  Part I, the chapter (sections 1-13): what a learner needs to see, in the order of the notebook
+  Part I, the chapter (sections 1-14): what a learner needs to see, in the order of the notebook
     `tiny_llm.ipynb`, which holds every one of these definitions too, identical, under the same
     numbered headings. Read it side by side with the notebook.
   Part II, the toolkit (sections A-E, module only): what real runs need on top - crash-safe
@@ -210,6 +211,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        """`text` as plain text, never a special token: how to encode what a user typed (section 14)."""
+        return self.encode(text)
+
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
 
@@ -250,13 +255,22 @@ class Tokenizer:
 
 
 class CharTokenizer(Tokenizer):
-    """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with."""
+    """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with.
+
+    Special tokens (section 14's chat markers), if any, take the ids after the characters. `encode`
+    only ever gives characters, so no text can turn into a special token: code adds them by id.
+    """
 
     kind = "char"
 
-    def __init__(self, chars: str):
+    def __init__(self, chars: str, special_tokens: Sequence[str] = ()):
         self.chars = "".join(sorted(set(chars)))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
+        special_tokens = list(special_tokens)
+        if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
+            raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
+        self.special_tokens = {s: len(self.chars) + i for i, s in enumerate(special_tokens)}  # text -> id
+        self.itos = list(self.chars) + special_tokens  # id -> text
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -268,7 +282,7 @@ class CharTokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.itos)
 
     def encode(self, text: str) -> list[int]:
         self._check_text(text)
@@ -283,10 +297,11 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self.chars[i] for i in self._check_ids(ids))
+        return "".join(self.itos[i] for i in self._check_ids(ids))
 
     def to_dict(self) -> dict:
-        return {"type": "char", "chars": self.chars}
+        specials = {"special_tokens": list(self.special_tokens)} if self.special_tokens else {}
+        return {"type": "char", "chars": self.chars, **specials}
 
 
 # GPT-2 style pre-split: contractions, words with their leading space, numbers, punctuation runs and
@@ -425,8 +440,7 @@ class BPETokenizer(Tokenizer):
     """Byte-level byte-pair encoding (BPE), as in GPT-2, written from scratch.
 
     Ids 0-255 are the raw UTF-8 bytes, so any string at all can be encoded; merge i (a pair of ids
-    that often stand side by side) becomes id 256 + i. Special tokens, if any, come after the merges
-    and are never split.
+    that often stand side by side) becomes id 256 + i. Special tokens come after the merges, whole.
     """
 
     kind = "bpe"
@@ -449,34 +463,35 @@ class BPETokenizer(Tokenizer):
               pattern: str = SPLIT_PATTERN) -> "BPETokenizer":
         """Learn `vocab_size - 256 - len(special_tokens)` merges from `text` (with learn_merges)."""
         special_tokens = list(special_tokens)
-        n_merges = bpe_merges_wanted(vocab_size, special_tokens)
-        merges = learn_merges(text, n_merges, special_tokens, pattern)
+        merges = learn_merges(text, bpe_merges_wanted(vocab_size, special_tokens), special_tokens, pattern)
         return cls(merges, {s: 256 + len(merges) + i for i, s in enumerate(special_tokens)}, pattern)
 
     @property
     def vocab_size(self) -> int:
         return 256 + len(self.merges) + len(self.special_tokens)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids for `text`: special tokens whole, every other chunk through the merges."""
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids for `text` as plain text: a special token's spelling becomes ordinary tokens."""
         self._check_text(text)
         ids: list[int] = []
+        for chunk in self.regex.findall(text):
+            chunk_ids = self.cache.get(chunk) or bpe_encode_chunk(chunk, self.ranks)
+            if len(self.cache) < 100_000:  # bounded, whatever text comes in
+                self.cache[chunk] = chunk_ids
+            ids.extend(chunk_ids)
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for `text`: special tokens whole, the text between them through encode_ordinary."""
+        ids: list[int] = []
         for part in self.special_regex.split(text) if self.special_regex else [text]:
-            if part in self.special_tokens:
-                ids.append(self.special_tokens[part])
-                continue
-            for chunk in self.regex.findall(part):
-                chunk_ids = self.cache.get(chunk) or bpe_encode_chunk(chunk, self.ranks)
-                if len(self.cache) < 100_000:  # bounded, whatever text comes in
-                    self.cache[chunk] = chunk_ids
-                ids.extend(chunk_ids)
+            ids += [self.special_tokens[part]] if part in self.special_tokens else self.encode_ordinary(part)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """Bytes back to text; ids that do not form valid UTF-8 become the replacement character."""
         specials = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
-        data = b"".join(specials[i] if i in specials else self.vocab[i] for i in self._check_ids(ids))
-        return data.decode("utf-8", errors="replace")
+        return b"".join(specials.get(i) or self.vocab[i] for i in self._check_ids(ids)).decode("utf-8", "replace")
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "pattern": self.pattern, "merges": [list(m) for m in self.merges],
@@ -489,7 +504,7 @@ def tokenizer_of(data: dict) -> Tokenizer:
     It trusts its input: files from elsewhere go through `load_tokenizer` (Part II), which checks them.
     """
     if data["type"] == "char":
-        return CharTokenizer(data["chars"])
+        return CharTokenizer(data["chars"], data.get("special_tokens", ()))
     return BPETokenizer([tuple(m) for m in data["merges"]], data.get("special_tokens"), data.get("pattern", SPLIT_PATTERN))
 
 
@@ -1390,6 +1405,360 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ti
     return model_from_checkpoint(data, device), tokenizer
 
 
+# ----------------------------------------------------------------------------------------------
+# 14. From text to conversation
+# ----------------------------------------------------------------------------------------------
+
+# Who speaks, and where a turn ends: three special tokens, given by id, never spelled by text.
+CHAT_TOKENS = ("<|user|>", "<|assistant|>", "<|end|>")
+# Every character a conversation may hold: printable ASCII and the newline. "<", "|" and ">" are
+# among them, so a user who types "<|end|>" gets seven ordinary characters, not the token.
+CHAT_CHARS = "\n" + "".join(chr(i) for i in range(32, 127))
+
+# The persona: Tilly, a tortoise who lives in a garden and is good at sums. Small talk is (what a
+# user may say, what Tilly answers); {name} is filled in by the generator.
+SMALL_TALK = [
+    (["hello", "hi", "hi Tilly", "hello there!", "good morning"],
+     ["hello! I am Tilly, a tortoise.", "hi! nice to see you."]),
+    (["how are you?", "how are you today?", "are you well?"],
+     ["I am well. the sun is warm on my shell.", "slow and happy, thanks."]),
+    (["what is your name?", "who are you?"], ["I am Tilly, a small tortoise.", "my name is Tilly."]),
+    (["what do you eat?", "what is your favourite food?"], ["dandelions, every day.", "I love dandelions."]),
+    (["where do you live?", "where is your home?"], ["in a garden, under the rhubarb.", "under the rhubarb."]),
+    (["my name is {name}.", "I am {name}.", "call me {name}."], ["nice to meet you, {name}!", "hello, {name}!"]),
+    (["are you fast?", "can you run?"], ["no, I am very slow.", "slow, but I get there."]),
+    (["tell me a joke", "say something funny"], ["why so slow? I am a tortoise!", "I lost a race to a snail."]),
+    (["thank you!", "thanks", "thanks Tilly"], ["you are welcome!", "any time."]),
+    (["bye", "goodbye!", "see you later"], ["goodbye! come back soon.", "bye! I will be here."]),
+]
+NAMES = ["Ada", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Max", "Nia", "Omar",
+         "Pia", "Raj", "Sam", "Tom", "Uma", "Vic", "Wen", "Yara", "Zoe"]
+# The skill with one checkable answer: adding two numbers from 0 to 99. The reply repeats the sum.
+SUM_QUESTIONS = ["what is {a} plus {b}?", "what is {a} + {b}?", "{a} + {b} = ?", "can you add {a} and {b}?",
+                 "add {a} and {b}, please."]
+SUM_REPLY = "{a} plus {b} is {s}."
+MAX_NUMBER = 99
+
+
+def is_held_out(a: int, b: int) -> bool:
+    """Whether the pair {a, b} (in either order) is kept out of training: a fixed tenth of all pairs.
+
+    The split is by combination of values, decided by a hash, not by a seed: a model that answers a
+    held-out pair has learned to add, not remembered the pair (or its mirror image).
+    """
+    low, high = sorted((a, b))
+    return int(sha256_of(f"{low}+{high}".encode())[:8], 16) % 10 == 0
+
+
+def sum_exchange(rng: random.Random, a: int, b: int) -> tuple[str, str]:
+    """A question about a + b, in one of several phrasings, and Tilly's one right answer."""
+    return rng.choice(SUM_QUESTIONS).format(a=a, b=b), SUM_REPLY.format(a=a, b=b, s=a + b)
+
+
+def lint_conversation(messages: list[dict], chars: str = CHAT_CHARS) -> None:
+    """Refuse a generated conversation that would teach the model garbage, before it reaches the data.
+
+    An unfilled placeholder ("{name}": a forgotten f-prefix or format call) would be learned and
+    repeated; a character the tokenizer lacks would fail later, far from its cause.
+    """
+    for m in messages:
+        text = m["content"]
+        if m["role"] not in ("user", "assistant") or not text.strip():
+            raise ValueError(f"bad message {m!r}: the role must be user or assistant, the content non-empty")
+        placeholder = re.search(r"\{[^{}]*\}", text)
+        if placeholder:
+            raise ValueError(f"unfilled placeholder {placeholder.group()!r} in {text!r}")
+        foreign = sorted(set(text) - set(chars))
+        if foreign:
+            raise ValueError(f"character(s) {''.join(foreign)!r} outside the tokenizer's in {text!r}")
+        if any(token in text for token in CHAT_TOKENS):
+            raise ValueError(f"a chat token spelled out in {text!r}")
+
+
+def make_conversations(n: int, seed: int, held_out: bool = False, max_number: int = MAX_NUMBER,
+                       sums: float = 0.75) -> list[list[dict]]:
+    """n conversations of 1-3 exchanges, a share `sums` of them sums, the rest small talk; the same for the same seed.
+
+    Sums use only pairs outside the held-out set (or, with held_out=True, only pairs inside it).
+    Each conversation is a list of {"role": "user" | "assistant", "content": text}, linted.
+    """
+    rng = random.Random(seed)
+    conversations = []
+    for _ in range(n):
+        messages = []
+        for _ in range(rng.randint(1, 3)):
+            if rng.random() < sums:
+                a, b = rng.randint(0, max_number), rng.randint(0, max_number)
+                while is_held_out(a, b) != held_out:
+                    a, b = rng.randint(0, max_number), rng.randint(0, max_number)
+                question, answer = sum_exchange(rng, a, b)
+            else:
+                users, replies = rng.choice(SMALL_TALK)
+                name = rng.choice(NAMES)
+                question, answer = rng.choice(users).format(name=name), rng.choice(replies).format(name=name)
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        lint_conversation(messages)
+        conversations.append(messages)
+    return conversations
+
+
+def held_out_sums(n: int = 200, max_number: int = MAX_NUMBER, seed: int = 0) -> list[tuple[str, str]]:
+    """(question, expected reply) for n pairs of the held-out set: the exam, never seen in training."""
+    rng = random.Random(seed)
+    pairs = [(a, b) for a in range(max_number + 1) for b in range(a, max_number + 1) if is_held_out(a, b)]
+    rng.shuffle(pairs)
+    return [sum_exchange(rng, *(pair if rng.random() < 0.5 else pair[::-1])) for pair in pairs[:n]]
+
+
+def chat_tokenizer(base: Optional[Tokenizer] = None) -> Tokenizer:
+    """The tokenizer for conversations: `base` (or none) plus CHAT_CHARS and the three chat tokens.
+
+    A character tokenizer gains the characters it lacks (Shakespeare has no digits but "3", and no
+    "<", "|", ">"); a byte-level BPE can already spell anything. Every old token keeps its meaning,
+    so a model trained with `base` can keep its knowledge (grow_vocab moves its rows along).
+    """
+    if base is None:
+        return CharTokenizer(CHAT_CHARS, CHAT_TOKENS)
+    specials = list(base.special_tokens) + [t for t in CHAT_TOKENS if t not in base.special_tokens]
+    if isinstance(base, CharTokenizer):
+        return CharTokenizer(base.chars + CHAT_CHARS, specials)
+    if isinstance(base, BPETokenizer):
+        first = 256 + len(base.merges)
+        return BPETokenizer(base.merges, {s: first + i for i, s in enumerate(specials)}, base.pattern)
+    raise ValueError(f"cannot add chat tokens to a {type(base).__name__}")
+
+
+def chat_token_ids(tokenizer: Tokenizer) -> tuple[int, int, int]:
+    """The ids of <|user|>, <|assistant|> and <|end|>; a clear error for a tokenizer without them."""
+    specials = getattr(tokenizer, "special_tokens", {})
+    if not all(t in specials for t in CHAT_TOKENS):
+        raise ValueError("this is a text model, not a chat model: its tokenizer has no <|user|>, <|assistant|> and "
+                         "<|end|> tokens (fine-tune it first: python tinyllm.py chat-train --init CKPT)")
+    return specials["<|user|>"], specials["<|assistant|>"], specials["<|end|>"]
+
+
+def encode_chat(tokenizer: Tokenizer, messages: list[dict], reply_next: bool = False) -> tuple[list[int], list[int]]:
+    """The token ids of a conversation, and its loss mask (1: a token the model is trained to say).
+
+    Each message is its speaker's token, its text, then <|end|>. The tokens are added by id and the
+    text goes through encode_ordinary, so typed text can never become one. The mask covers the
+    assistant's text AND its <|end|>: that is how the model learns to stop. With reply_next, the ids
+    end with <|assistant|>, the prompt for the next reply.
+    """
+    user, assistant, end = chat_token_ids(tokenizer)
+    ids: list[int] = []
+    mask: list[int] = []
+    for i, m in enumerate(messages):
+        if m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} is {m!r}: expected {{'role': 'user' or 'assistant', 'content': text}}")
+        if m["role"] == "user" and not m["content"].strip():
+            raise ValueError(f"message {i} is empty: a user message needs some text")
+        text = tokenizer.encode_ordinary(m["content"])
+        said = int(m["role"] == "assistant")
+        ids += [assistant if said else user, *text, end]
+        mask += [0] + [said] * (len(text) + 1)
+    if reply_next:
+        ids, mask = ids + [assistant], mask + [0]
+    return ids, mask
+
+
+@torch.no_grad()
+def grow_vocab(model: TinyLLM, old: Tokenizer, new: Tokenizer, seed: int = 0) -> TinyLLM:
+    """A copy of `model` for the larger vocabulary of `new`: every old token's row moves to its new id.
+
+    A character's id can change (ids follow sorted characters, and "0" sorts before "A"), so rows
+    are matched by token, not by position. New rows start at the mean of the old ones plus a little
+    noise: a token the model has never seen, that it considers no more likely than an average one.
+    The head is tied to the embedding, so it grows too, and old tokens keep their logits.
+    """
+    if isinstance(old, CharTokenizer) and isinstance(new, CharTokenizer):
+        pairs = [(i, new.stoi.get(c)) for c, i in old.stoi.items()]
+    elif isinstance(old, BPETokenizer) and isinstance(new, BPETokenizer) and old.merges == new.merges:
+        pairs = [(i, i) for i in range(256 + len(old.merges))]
+    else:
+        raise ValueError("the new tokenizer must be the old one with tokens added (use chat_tokenizer)")
+    pairs += [(i, new.special_tokens.get(s)) for s, i in old.special_tokens.items()]
+    if any(j is None for _, j in pairs) or model.config.vocab_size != old.vocab_size:
+        raise ValueError("the model and the old tokenizer do not match, or the new tokenizer lacks old tokens")
+    rows = model.embed.weight  # (old vocab, d_model)
+    noise = torch.randn(new.vocab_size, rows.size(1), generator=torch.Generator().manual_seed(seed))
+    grown_rows = rows.mean(0) + 0.02 * noise.to(rows.device, rows.dtype)  # (new vocab, d_model)
+    grown_rows[[j for _, j in pairs]] = rows[[i for i, _ in pairs]]
+    grown = TinyLLM(ModelConfig(**{**asdict(model.config), "vocab_size": new.vocab_size})).to(rows.device)
+    state = {**model.state_dict(), "embed.weight": grown_rows, "head.weight": grown_rows}
+    grown.load_state_dict(state)
+    return grown
+
+
+@dataclass
+class ChatData:
+    """Conversations as one token stream: the ids, the loss mask, and where training windows may start."""
+
+    ids: torch.Tensor  # (N,) token ids, conversation after conversation
+    mask: torch.Tensor  # (N,) True where the token is one the assistant says
+    starts: torch.Tensor  # (S,) positions of <|user|> tokens whose whole exchange fits in a window
+
+
+def chat_data(tokenizer: Tokenizer, conversations: list[list[dict]], block_size: int) -> ChatData:
+    """Encode conversations into one stream, and find the user turns a window can start at.
+
+    A window starts where a user turn starts, so no answer is trained without its question, and
+    only where the assistant's reply (with its <|end|>) ends inside the window.
+    """
+    ids: list[int] = []
+    mask: list[int] = []
+    for messages in conversations:
+        i, m = encode_chat(tokenizer, messages)
+        ids += i
+        mask += m
+    ids_t, mask_t = torch.tensor(ids), torch.tensor(mask, dtype=torch.bool)
+    user, _, end = chat_token_ids(tokenizer)
+    turns = (ids_t == user).nonzero().flatten()  # where each user turn starts
+    ends = (ids_t == end).nonzero().flatten()  # every <|end|>: the user's, then the assistant's
+    reply_ends = ends[(torch.searchsorted(ends, turns) + 1).clamp(max=len(ends) - 1)]
+    fits = (reply_ends > turns) & (reply_ends - turns <= block_size) & (turns + block_size < len(ids))
+    if not fits.any():
+        raise ValueError(f"no exchange of these conversations fits in the model's context of {block_size} tokens")
+    return ChatData(ids_t, mask_t, turns[fits])
+
+
+def chat_windows(data: ChatData, starts: torch.Tensor, block_size: int,
+                 masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x and targets y (B, T) for windows at `starts`; with `masked`, targets outside the mask are -100.
+
+    -100 is cross_entropy's ignore_index: those positions add nothing to the loss or the gradient,
+    so the forward pass and train_step need no change at all.
+    """
+    idx = starts[:, None] + torch.arange(block_size + 1)  # (B, T + 1)
+    chunk, said = data.ids[idx], data.mask[idx]
+    targets = chunk[:, 1:].masked_fill(~said[:, 1:], -100) if masked else chunk[:, 1:]
+    return chunk[:, :-1], targets
+
+
+def chat_batch(data: ChatData, batch_size: int, block_size: int, generator: torch.Generator,
+               device: torch.device, masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch of windows that start at user turns: get_batch (section 9) for conversations."""
+    starts = data.starts[torch.randint(len(data.starts), (batch_size,), generator=generator)]
+    x, y = chat_windows(data, starts, block_size, masked)
+    return x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def assistant_loss(model: TinyLLM, data: ChatData, windows: int = 64) -> float:
+    """The mean loss on the assistant's tokens only, over `windows` evenly spaced windows (deterministic)."""
+    was_training = model.training
+    model.eval()
+    starts = data.starts[torch.linspace(0, len(data.starts) - 1, min(windows, len(data.starts))).long()]
+    x, y = chat_windows(data, starts, model.config.block_size)
+    _, loss = model(x.to(model.embed.weight.device), y.to(model.embed.weight.device))
+    model.train(was_training)
+    return loss.item()
+
+
+@torch.no_grad()
+def chat_eval(model: TinyLLM, tokenizer: Tokenizer, questions: Sequence[tuple[str, str]], budget: int = 32) -> dict:
+    """Greedy replies to one-turn questions: the share exactly right, and the share that ended with <|end|>.
+
+    A reply is right if it ends with <|end|> within `budget` tokens and its text is exactly the
+    expected one: no judge model needed. Prompts of the same length run as one batch.
+    """
+    end = chat_token_ids(tokenizer)[2]
+    device = model.embed.weight.device
+    prompts = [encode_chat(tokenizer, [{"role": "user", "content": q}], reply_next=True)[0] for q, _ in questions]
+    right = stopped = 0
+    for length in sorted({len(p) for p in prompts}):
+        group = [i for i, p in enumerate(prompts) if len(p) == length]
+        idx = torch.tensor([prompts[i] for i in group], device=device)  # (b, length): no padding needed
+        for i, new in zip(group, generate(model, idx, budget, temperature=0)[:, length:].tolist()):
+            if end in new:
+                stopped += 1
+                right += tokenizer.decode(new[:new.index(end)]) == questions[i][1]
+    n = max(len(questions), 1)
+    return {"accuracy": right / n, "stop_rate": stopped / n, "n": len(questions)}
+
+
+def finetune(model: TinyLLM, data: ChatData, config: TrainConfig, masked: bool = True,
+             on_eval: Optional[Callable[[TinyLLM], dict]] = None) -> list[dict]:
+    """Fine-tune on conversations: section 9's loop with the same train_step; only the batches are new.
+
+    Every eval_interval steps, and at the end, adds a row to the history: step, seconds, the mean
+    training loss since the last row, and whatever `on_eval(model)` measures.
+    """
+    device = pick_device(config.device)
+    amp_dtype = choose_precision(device, config.dtype)
+    model.to(device).train()
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    generator = torch.Generator().manual_seed(config.seed)
+    state, t0 = TrainState(), time.perf_counter()
+    while not state.finished(config):
+        lr = lr_at(state.step, state.progress(config), config)
+        batches = [chat_batch(data, config.batch_size, model.config.block_size, generator, device, masked)
+                   for _ in range(config.grad_accum)]
+        state.recent_losses.append(train_step(model, optimizer, scaler, batches, lr, amp_dtype, config.grad_clip))
+        state.step, state.elapsed = state.step + 1, time.perf_counter() - t0
+        if state.step % config.eval_interval == 0 or state.finished(config):
+            row = {"step": state.step, "seconds": round(state.elapsed, 1),
+                   "train_loss": sum(state.recent_losses) / len(state.recent_losses)}
+            row.update(on_eval(model) if on_eval else {})
+            state.history.append(row)
+            state.recent_losses = []
+            if config.progress:
+                print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    return state.history
+
+
+def fit_context(tokenizer: Tokenizer, messages: list[dict], block_size: int, reserve: int) -> list[int]:
+    """The prompt for the next reply: the newest turns that fit in the context, each one whole.
+
+    `reserve` tokens are kept free for the reply. The oldest turns are dropped first, and the kept
+    part always starts with a user turn, as every training window did. A newest turn too long to
+    fit on its own is an error: cutting it would answer a question nobody asked.
+    """
+    turns = [encode_chat(tokenizer, [m])[0] for m in messages]
+    room = block_size - reserve - 1  # 1: the <|assistant|> token that opens the reply
+    if len(turns[-1]) > room:
+        raise ValueError(f"the message is {len(turns[-1]) - 2} tokens long, but this model's context of {block_size} "
+                         f"tokens has room for {room - 2} (the rest is kept for the reply): write a shorter one")
+    first, used = len(turns), 0
+    while first > 0 and used + len(turns[first - 1]) <= room:
+        first, used = first - 1, used + len(turns[first - 1])
+    while messages[first]["role"] != "user":
+        first += 1
+    return [i for turn in turns[first:] for i in turn] + [chat_token_ids(tokenizer)[1]]
+
+
+def chat(model: TinyLLM, tokenizer: Tokenizer, messages: list[dict], max_new_tokens: int = 64,
+         temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+         seed: Optional[int] = None, on_text: Optional[Callable[[str], None]] = None,
+         reserve: Optional[int] = None) -> str:
+    """The assistant's reply to `messages` (dicts with "role" and "content", the last one the user's).
+
+    Greedy by default. The reply ends at <|end|> (or any chat token) or after max_new_tokens;
+    `on_text` receives it piece by piece. Older turns are dropped to fit the context (fit_context),
+    keeping `reserve` tokens for the reply (default: a quarter of the context).
+    """
+    if not messages or messages[-1].get("role") != "user":
+        raise ValueError("the conversation must end with a user message")
+    block_size = model.config.block_size
+    prompt = fit_context(tokenizer, messages, block_size, block_size // 4 if reserve is None else reserve)
+    stops, new, shown = set(chat_token_ids(tokenizer)), [], ""
+    idx = torch.tensor([prompt], device=model.embed.weight.device)
+    for token in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, seed):
+        if int(token[0, 0]) in stops:
+            break
+        new.append(int(token[0, 0]))
+        text = tokenizer.decode(new)
+        ready = len(text.rstrip("\ufffd"))  # hold back half a UTF-8 character (byte-level BPE)
+        if on_text and ready > len(shown):
+            on_text(text[len(shown):ready])
+            shown = text[:ready]
+    text = tokenizer.decode(new)
+    if on_text and len(text) > len(shown):
+        on_text(text[len(shown):])
+    return text
+
+
 # ==============================================================================================
 # Part II - the toolkit (module only): what real runs need on top of Part I, built from its pieces
 # ==============================================================================================
@@ -1397,6 +1766,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ti
 import argparse  # noqa: E402  (Part II's own imports: the chapter above needs none of them)
 import errno  # noqa: E402
 import io  # noqa: E402
+import itertools  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -1483,7 +1853,13 @@ def tokenizer_from_dict(data: dict) -> Tokenizer:
         chars = data.get("chars")
         if not isinstance(chars, str) or not chars or list(chars) != sorted(set(chars)):
             raise ValueError("malformed char tokenizer: 'chars' must be a non-empty string of distinct, sorted characters")
-        return CharTokenizer(chars)
+        specials = data.get("special_tokens", [])
+        if not isinstance(specials, list):
+            raise ValueError("malformed char tokenizer: 'special_tokens' must be a list of distinct, non-empty strings")
+        try:
+            return CharTokenizer(chars, specials)
+        except ValueError as e:  # a special token that is not a string, empty, or twice
+            raise ValueError(f"malformed char tokenizer: {e}") from None
     merges, specials, pattern = data.get("merges"), data.get("special_tokens", {}), data.get("pattern", SPLIT_PATTERN)
     if not isinstance(merges, list) or not isinstance(specials, dict) or not isinstance(pattern, str):
         raise ValueError("malformed BPE tokenizer: 'merges' must be a list, 'special_tokens' a dict and 'pattern' a string")
@@ -1674,9 +2050,11 @@ def restore_rng_states(rng: dict, generator: torch.Generator, device: torch.devi
         torch.cuda.set_rng_state(cuda[rank].cpu(), device)
 
 
-def fit(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequence[int] | torch.Tensor,
-        config: TrainConfig, tokenizer: Optional[Tokenizer] = None, resume: Optional[dict] = None,
-        meta: Optional[dict] = None) -> list[dict]:
+def fit(model: TinyLLM, train_ids: Optional[Sequence[int] | torch.Tensor],
+        val_ids: Optional[Sequence[int] | torch.Tensor], config: TrainConfig, tokenizer: Optional[Tokenizer] = None,
+        resume: Optional[dict] = None, meta: Optional[dict] = None,
+        batch_source: Optional[Callable[[torch.Generator, torch.device], tuple[torch.Tensor, torch.Tensor]]] = None,
+        val_loss: Optional[Callable[[TinyLLM, bool], float]] = None) -> list[dict]:
     """`train` (section 9) for real runs: the same steps, plus checkpoints, exact resume, Ctrl-C and DDP.
 
     With config.out_dir set, writes out_dir/last.pt (at evaluations, every ckpt_interval steps and
@@ -1685,14 +2063,28 @@ def fit(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequen
     schedule, optimizer moments and RNGs. Ctrl-C stops at the end of the current step, saves last.pt
     and raises KeyboardInterrupt. Under torchrun each process trains on its own batches and DDP
     averages the gradients. For the same settings it trains exactly as `train` does (a test checks).
+
+    Other data than a token stream (section 14's conversations) comes in through two functions:
+    `batch_source(generator, device)` gives one micro-batch (x, y) in place of get_batch over
+    train_ids, and `val_loss(model, whole)` the validation loss in place of evaluate over val_ids
+    (whole: the final evaluation).
     """
     cfg, device = model.config, pick_device(config.device)
-    train_data, val_data = torch.as_tensor(train_ids, dtype=torch.long), torch.as_tensor(val_ids, dtype=torch.long)
-    if len(train_data) <= cfg.block_size + 1:
-        raise ValueError(f"the training text has {len(train_data)} tokens, too few for one window of "
-                         f"{cfg.block_size}: use more text or a smaller block size")
-    if len(val_data) < 2:
-        raise ValueError("the validation split has fewer than 2 tokens: use more text")
+    if batch_source is None:
+        train_data = torch.as_tensor(train_ids, dtype=torch.long)
+        if len(train_data) <= cfg.block_size + 1:
+            raise ValueError(f"the training text has {len(train_data)} tokens, too few for one window of "
+                             f"{cfg.block_size}: use more text or a smaller block size")
+
+        def batch_source(generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+            return get_batch(train_data, config.batch_size, cfg.block_size, generator, device)
+    if val_loss is None:
+        val_data = torch.as_tensor(val_ids, dtype=torch.long)
+        if len(val_data) < 2:
+            raise ValueError("the validation split has fewer than 2 tokens: use more text")
+
+        def val_loss(model: TinyLLM, whole: bool) -> float:
+            return evaluate(model, val_data, cfg.block_size, 64, None if whole else config.eval_windows, amp_dtype)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1
@@ -1763,8 +2155,7 @@ def fit(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequen
         try:
             while not last:
                 lr = lr_at(state.step, state.progress(config), config)
-                batches = [get_batch(train_data, config.batch_size, cfg.block_size, generator, device)
-                           for _ in range(config.grad_accum)]
+                batches = [batch_source(generator, device) for _ in range(config.grad_accum)]
                 loss = forward_backward(net, scaler, batches, amp_dtype)
                 if distributed:  # the mean over all ranks, so that every rank logs it and stops on a NaN alike
                     torch.distributed.all_reduce(loss)
@@ -1782,10 +2173,9 @@ def fit(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequen
                 last = finished or stopping
                 evaluating = state.step % config.eval_interval == 0 or (last and not stopping)
                 if evaluating:  # rank 0 measures, every rank records the same row
-                    val_loss = from_rank0(evaluate(model, val_data, cfg.block_size, 64, None if last else config.eval_windows,
-                                                   amp_dtype) if rank == 0 else 0.0)
-                    improved = val_loss < state.best_val
-                    row = record_evaluation(state, config, val_loss, lr, cfg.block_size, world)
+                    loss_now = from_rank0(val_loss(model, last) if rank == 0 else 0.0)
+                    improved = loss_now < state.best_val
+                    row = record_evaluation(state, config, loss_now, lr, cfg.block_size, world)
                     if show:
                         write(log_line(row))
                     if improved:
@@ -1891,6 +2281,41 @@ def build_parser() -> CLIParser:
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     s.set_defaults(func=cmd_sample)
 
+    c = sub.add_parser("chat-train", help="fine-tune a chat model on generated conversations (Tilly the tortoise)",
+                       description="Fine-tune a model into a chat model on conversations generated in code "
+                                   "(section 14): small talk in Tilly the tortoise's persona and sums of two "
+                                   "numbers, with the loss on the assistant's tokens only. Ends with the exact-match "
+                                   "accuracy on held-out sums and the share of replies that end with <|end|>.")
+    c.add_argument("--init", metavar="CKPT|DIR", help="start from this model, e.g. a `train` run (default: a new one)")
+    c.add_argument("--preset", help=f"for a new model: {', '.join(PRESETS)} (default: 9m on a GPU, cpu otherwise)")
+    c.add_argument("--max-time", type=float,
+                   help=f"stop after this many seconds (default: {CHAT_MAX_TIME:.0f} without --max-steps)")
+    c.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    c.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
+    c.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    c.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the preset's)")
+    c.add_argument("--conversations", type=int, default=20_000, help="conversations to generate (default 20000)")
+    c.add_argument("--no-mask", action="store_true",
+                   help="train on every token (full-sequence loss), not only on the assistant's")
+    c.add_argument("--out", help="run directory for last.pt and best.pt (default: a new runs/<date-time>)")
+    c.add_argument("--seed", type=int, default=1337, help="seed of the conversations and the run (default 1337)")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    c.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
+    c.add_argument("--quiet", action="store_true", help="no progress bar or loss lines")
+    c.set_defaults(func=cmd_chat_train)
+
+    h = sub.add_parser("chat", help="talk to a chat model",
+                       description="Talk to a model from chat-train. At a terminal, an interactive prompt; "
+                                   "otherwise one user message per input line and one reply per output line.")
+    h.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
+    h.add_argument("--max-new-tokens", type=int, default=64, help="the longest reply, in tokens (default 64)")
+    h.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the default; e.g. 0.8 for variety")
+    h.add_argument("--top-k", type=int, help="sample only from the k most likely tokens")
+    h.add_argument("--top-p", type=float, help="sample only from the most likely tokens that make up probability p")
+    h.add_argument("--seed", type=int, help="random seed, for repeatable replies when sampling")
+    h.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    h.set_defaults(func=cmd_chat)
+
     e = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers, ONNX or a web page",
                        description="Write a checkpoint as a folder that Hugging Face transformers loads as "
                                    "LlamaForCausalLM (--hf; needs: pip install transformers safetensors), as an "
@@ -1953,6 +2378,9 @@ def cmd_train(args) -> int:
             remove_stale_temp_files(out)  # a crash mid-save leaves one; gone even if there is nothing to resume
         state = load_checkpoint(out / "last.pt")
         model, tokenizer, config, meta = state["model"], state["tokenizer"], state["train_config"], state["meta"]
+        if (meta or {}).get("chat"):
+            raise ValueError(f"{out} is a chat-train run, which train --resume cannot continue: start a new chat-train "
+                             f"run, e.g. with --init {out}")
         if state.get("done"):
             run = state["train_state"]
             print(f"the run in {out} already finished at step {run.step} (best val loss {run.best_val:.4f}); "
@@ -2051,6 +2479,136 @@ def cmd_sample(args) -> int:
     return 0
 
 
+CHAT_MAX_TIME = 120.0  # chat-train's default budget in seconds (bench/README.md, "Chat": what it buys on 2 CPU cores)
+
+
+def chat_start(args, device: torch.device) -> tuple[TinyLLM, Tokenizer, str]:
+    """chat-train's model, its chat tokenizer and the preset for its training settings: new, or grown from --init."""
+    if not args.init:
+        preset = args.preset or ("9m" if device.type == "cuda" else "cpu")
+        check_preset(preset)
+        tokenizer = chat_tokenizer()
+        seed_everything(args.seed)
+        return TinyLLM(ModelConfig.from_preset(preset, tokenizer.vocab_size)), tokenizer, preset
+    ckpt = load_checkpoint(args.init, device)
+    model, base = ckpt["model"], ckpt["tokenizer"]
+    if base is None:
+        raise ValueError(f"--init {args.init} holds no tokenizer, so its token ids mean nothing known: use a run of "
+                         "tinyllm.py train")
+    if base.vocab_size != model.config.vocab_size:
+        raise ValueError(f"--init {args.init}: its model has {model.config.vocab_size} token rows but its tokenizer "
+                         f"{base.vocab_size} tokens, so it was trained with another tokenizer: use a run of "
+                         "tinyllm.py train")
+    try:
+        tokenizer = chat_tokenizer(base)
+        model = grow_vocab(model, base, tokenizer, args.seed)
+    except ValueError as e:
+        raise ValueError(f"--init {args.init}: cannot add the chat tokens to its tokenizer ({e})") from None
+    same = [name for name in PRESETS if ModelConfig.from_preset(name, model.config.vocab_size) == model.config]
+    preset = args.preset or (ckpt.get("meta") or {}).get("preset") or (same[0] if same else "cpu")
+    check_preset(preset)
+    return model, tokenizer, preset
+
+
+def cmd_chat_train(args) -> int:
+    if args.conversations < 1:
+        raise ValueError(f"--conversations must be at least 1, got {args.conversations}")
+    device = pick_device(args.device)
+    out = Path(args.out or str(new_run_dir()))
+    if (out / "last.pt").exists() or (out / "best.pt").exists():
+        raise FileExistsError(f"{out} already holds a run: choose another --out")
+    check_run_dir(out)
+    model, tokenizer, preset = chat_start(args, device)
+    block = model.config.block_size
+    train_data = chat_data(tokenizer, make_conversations(args.conversations, args.seed), block)
+    val_data = chat_data(tokenizer, make_conversations(500, args.seed + 1, held_out=True), block)
+    budget = {"max_time": args.max_time, "max_steps": args.max_steps}
+    if args.max_time is None:
+        budget["max_time"] = None if args.max_steps is not None else CHAT_MAX_TIME
+    if args.max_steps is None:
+        budget["max_steps"] = 10**9  # a time budget alone: no step limit
+    overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval).items()
+                 if v is not None}
+    if args.lr is not None:
+        overrides["min_lr"] = args.lr / 10
+    config = TrainConfig.from_preset(preset, **budget, **overrides, device=str(device), dtype=args.dtype,
+                                     seed=args.seed, out_dir=str(out), progress=not args.quiet)
+    masked = not args.no_mask
+    print(f"tinyllm chat-train | {model.num_params() / 1e6:.2f}M parameters, from {args.init or 'scratch'} "
+          f"({preset} settings) | device {device} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
+          f"{args.conversations:,} conversations, {len(train_data.ids):,} tokens | loss on "
+          f"{'the assistant tokens' if masked else 'every token'} | budget "
+          f"{f'{config.max_time:.0f} s' if config.max_time else f'{config.max_steps} steps'} | out {out}")
+
+    def batch_source(generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return chat_batch(train_data, config.batch_size, block, generator, device, masked)
+
+    meta = {"chat": True, "persona": "Tilly", "init": str(args.init) if args.init else None, "masked": masked,
+            "preset": preset, "conversations": args.conversations}
+    try:
+        history = fit(model, None, None, config, tokenizer=tokenizer, meta=meta, batch_source=batch_source,
+                      val_loss=lambda m, whole: assistant_loss(m, val_data, 256 if whole else 64))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: last.pt saved in {out}", file=sys.stderr)
+        return 130
+    best = load_checkpoint(out / "best.pt", device)
+    final = history[-1]
+    print(f"done: step {final['step']}, loss on the assistant's tokens of held-out conversations "
+          f"{final['val_loss']:.4f}, best {best['best_val']:.4f}, {final['seconds']:.0f} s. "
+          f"Talk to it: python tinyllm.py chat --ckpt {out}")
+    question, expected = min(held_out_sums(20), key=lambda qa: len(qa[0]))  # a short one fits any context
+    with contextlib.suppress(ValueError):  # unless the context is tiny
+        reply = chat(best["model"], tokenizer, [{"role": "user", "content": question}])
+        print(f"you> {question}\ntilly> {reply}   (expected: {expected})")
+    result = chat_eval(best["model"], tokenizer, held_out_sums(200))
+    print(f"held-out accuracy: {100 * result['accuracy']:.1f}% (n={result['n']}); "
+          f"replies ending with <|end|>: {100 * result['stop_rate']:.1f}%")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    sample_token(torch.zeros(1, 2), args.temperature, args.top_k, args.top_p)  # bad settings fail before loading
+    ckpt = load_checkpoint(args.ckpt, pick_device(args.device))
+    model, tokenizer = ckpt["model"], ckpt["tokenizer"]
+    if tokenizer is None or not all(t in getattr(tokenizer, "special_tokens", {}) for t in CHAT_TOKENS):
+        raise ValueError(f"{args.ckpt} is a text model, not a chat model: its tokenizer has no <|user|>, <|assistant|> "
+                         f"and <|end|> tokens. Fine-tune it first: python tinyllm.py chat-train --init {args.ckpt}")
+    interactive, name = sys.stdin.isatty(), (ckpt.get("meta") or {}).get("persona", "assistant").lower()
+    if interactive:
+        print(f"Talking to {args.ckpt} (context {model.config.block_size} tokens: the oldest turns are dropped to "
+              "fit). Ctrl-D to leave.")
+    messages: list[dict] = []
+    for number in itertools.count(1):
+        try:
+            line = input("you> ") if interactive else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not interactive and not line:
+            return 0  # the end of the input
+        turn = messages + [{"role": "user", "content": line.rstrip("\r\n")}]
+        try:
+            if not turn[-1]["content"].strip():
+                raise ValueError("the message is empty: " + ("type some text (Ctrl-D to leave)" if interactive else
+                                                              "give one user message per line"))
+            fit_context(tokenizer, turn, model.config.block_size, model.config.block_size // 4)  # a bad turn fails here
+            if interactive:
+                print(f"{name}> ", end="", flush=True)
+            reply = chat(model, tokenizer, turn, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                         None if args.seed is None else args.seed + number,
+                         on_text=(lambda piece: print(piece, end="", flush=True)) if interactive else None)
+        except ValueError as e:
+            if not interactive:
+                raise ValueError(f"line {number}: {e}") from None
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print() if interactive else print(" ".join(reply.split("\n")), flush=True)
+        messages = turn + [{"role": "assistant", "content": reply}]
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -2134,14 +2692,19 @@ def hf_tokenizer(tokenizer: Tokenizer):
     byte-to-unicode table, which tokenizers' ByteLevel uses), merges are applied lowest rank first
     within the chunks of our split pattern, and special tokens are cut out first, as ours are.
     Char: a BPE without merges, whose vocabulary is our characters; characters outside it are
-    dropped silently (tinyllm raises an error instead).
+    dropped silently (tinyllm raises an error instead). Its special tokens (a chat model's markers)
+    become added special tokens with the same ids, which `tokenizers` cuts out of text, as
+    BPETokenizer.encode does; tinyllm's CharTokenizer.encode never does.
     """
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
     if isinstance(tokenizer, CharTokenizer):
-        hf = HFTokenizer(models.BPE(vocab=dict(tokenizer.stoi), merges=[]))
+        if set(tokenizer.special_tokens) & set(tokenizer.stoi):
+            raise ValueError("a special token is spelled as one of the characters, which tokenizer.json cannot express")
+        hf = HFTokenizer(models.BPE(vocab={**tokenizer.stoi, **tokenizer.special_tokens}, merges=[]))
         hf.decoder = decoders.Fuse()  # join the characters as they are (the default puts spaces between)
+        hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in tokenizer.special_tokens])
         return hf
     if not isinstance(tokenizer, BPETokenizer):
         raise ValueError(f"cannot export a {type(tokenizer).__name__} to Hugging Face's format")
