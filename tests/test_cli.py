@@ -109,6 +109,8 @@ def test_default_cpu_run_is_time_boxed(tmp_path, corpus_file, monkeypatch, capsy
 
     real_train = tinyllm.fit
     monkeypatch.setattr(tinyllm, "fit", quick_train)
+    monkeypatch.setattr(tinyllm.torch.cuda, "is_available", lambda: False)  # a CPU machine, also where a GPU is
+    monkeypatch.setattr(tinyllm.torch.backends.mps, "is_available", lambda: False)
     code, stdout, err = call_main(["train", "--data", corpus_file, "--out", tmp_path / "run", "--quiet",
                                    "--sample-tokens", "5"], capsys)
     assert code == 0, err
