@@ -1433,7 +1433,8 @@ SMALL_TALK = [
 ]
 NAMES = ["Ada", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Max", "Nia", "Omar",
          "Pia", "Raj", "Sam", "Tom", "Uma", "Vic", "Wen", "Yara", "Zoe"]
-# The skill with one checkable answer: adding two numbers from 0 to 99. The reply repeats the sum.
+# The skill with one checkable answer: adding two numbers from 0 to 99. The reply restates the
+# question, then gives the sum: one right reply per question, so a reply is checked by exact match.
 SUM_QUESTIONS = ["what is {a} plus {b}?", "what is {a} + {b}?", "{a} + {b} = ?", "can you add {a} and {b}?",
                  "add {a} and {b}, please."]
 SUM_REPLY = "{a} plus {b} is {s}."

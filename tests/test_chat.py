@@ -411,3 +411,14 @@ def test_the_readme_chat_example_runs(base_run, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("step 20 | ")  # finetune's progress line
     assert out[-2].startswith("{'accuracy': ") and out[-2].endswith("'n': 200}")
+
+
+def test_a_bpe_model_becomes_a_chat_model_too(bpe):
+    tok = tinyllm.chat_tokenizer(bpe)
+    model = tinyllm.grow_vocab(tiny_model(bpe.vocab_size, block_size=48), bpe, tok)
+    data = tinyllm.chat_data(tok, tinyllm.make_conversations(200, seed=0), 48)
+    assert tok.decode(data.ids[:200].tolist()).startswith(USER)
+    config = tinyllm.TrainConfig.from_preset("tiny", max_steps=5, device="cpu", progress=False)
+    history = tinyllm.finetune(model, data, config, on_eval=lambda m: {"loss": tinyllm.assistant_loss(m, data)})
+    assert history[-1]["step"] == 5 and history[-1]["loss"] < 10
+    assert isinstance(tinyllm.chat(model, tok, one_turn(f"hi {END}"), max_new_tokens=5), str)
