@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -131,3 +132,20 @@ def call_main(argv: list, capsys) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_without(modules: Sequence[str], statement: str) -> subprocess.CompletedProcess:
+    """Run `import tinyllm`, make a tiny model, then `statement`, in a Python where `modules` are not installed.
+
+    An ImportError from the statement is printed to stdout, so a test can check what it tells the user.
+    """
+    code = ("import sys\n"
+            f"for name in {tuple(modules)!r}: sys.modules[name] = None  # not installed\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "import tinyllm\n"
+            "model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset('tiny', 10))\n"
+            "try:\n"
+            f"    {statement}\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    return subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tinyllm
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, run_without
 
 if os.environ.get("CI"):
     import transformers  # noqa: F401  (CI must run these tests, never skip them)
@@ -172,16 +172,7 @@ def test_cli_export_end_to_end(tmp_path, model, bpe):
 
 def test_module_works_without_the_hf_libraries(tmp_path):
     """`import tinyllm` needs none of them; export says in one line what to install."""
-    code = ("import sys\n"
-            "for name in ('transformers', 'safetensors', 'tokenizers'): sys.modules[name] = None  # not installed\n"
-            f"sys.path.insert(0, {str(REPO)!r})\n"
-            "import tinyllm\n"
-            "model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset('tiny', 10))\n"
-            "try:\n"
-            f"    tinyllm.export_hf(model, {str(tmp_path / 'x')!r})\n"
-            "except ImportError as e:\n"
-            "    print(e)\n")
-    result = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
+    result = run_without(["transformers", "safetensors", "tokenizers"], f"tinyllm.export_hf(model, {str(tmp_path / 'x')!r})")
     assert result.returncode == 0, result.stderr
     assert "pip install transformers safetensors" in result.stdout
     assert not (tmp_path / "x").exists()

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import tinyllm
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, run_cli, run_without
 
 CI = bool(os.environ.get("CI"))
 if CI:
@@ -270,16 +270,7 @@ def test_cli_onnx(tmp_path, char_run):
 
 def test_module_works_without_onnx(tmp_path):
     """`import tinyllm` needs no onnx; the export says in one line what to install, and writes nothing."""
-    code = ("import sys\n"
-            "sys.modules['onnx'] = None  # not installed\n"
-            f"sys.path.insert(0, {str(REPO)!r})\n"
-            "import tinyllm\n"
-            "model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset('tiny', 10))\n"
-            "try:\n"
-            f"    tinyllm.export_onnx(model, {str(tmp_path / 'x' / 'm.onnx')!r})\n"
-            "except ImportError as e:\n"
-            "    print(e)\n")
-    result = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
+    result = run_without(["onnx"], f"tinyllm.export_onnx(model, {str(tmp_path / 'x' / 'm.onnx')!r})")
     assert result.returncode == 0, result.stderr
     assert "pip install onnx" in result.stdout
     assert not (tmp_path / "x").exists()
