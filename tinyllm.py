@@ -2366,6 +2366,25 @@ def check_run_dir(out: Path) -> None:
                               "folder you can write to")
 
 
+def train_overrides(args, default_max_time: Optional[float] = None) -> dict:
+    """The preset's training settings that train's and chat-train's options replace.
+
+    --max-steps alone means no clock, --max-time alone no step limit; with neither, the preset's
+    budget, or default_max_time seconds if given. A new --lr moves the cosine's floor to a tenth of it.
+    """
+    overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
+                                         max_steps=args.max_steps, max_time=args.max_time).items() if v is not None}
+    if args.max_steps is None and args.max_time is None and default_max_time is not None:
+        overrides["max_time"] = default_max_time
+    if args.max_steps is not None and args.max_time is None:
+        overrides["max_time"] = None  # a step budget alone: no clock
+    if "max_time" in overrides and args.max_steps is None:
+        overrides["max_steps"] = 10**9  # a time budget alone: no step limit
+    if args.lr is not None:
+        overrides["min_lr"] = args.lr / 10  # the cosine ends at a tenth of the peak, as in every preset
+    return overrides
+
+
 def cmd_train(args) -> int:
     if args.sample_tokens < 0:  # checked now, not after the whole run
         raise ValueError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
@@ -2406,14 +2425,7 @@ def cmd_train(args) -> int:
             print(f"training a BPE tokenizer with {args.vocab_size} tokens ...")
             tokenizer = BPETokenizer.train(split_train_val(text)[0], args.vocab_size)
         train_ids, val_ids, chars_per_token = prepare_data(text, tokenizer)
-        overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
-                                             max_steps=args.max_steps, max_time=args.max_time).items() if v is not None}
-        if args.max_steps is not None and args.max_time is None:
-            overrides["max_time"] = None  # a step budget alone: no clock
-        if args.max_time is not None and args.max_steps is None:
-            overrides["max_steps"] = 10**9  # a time budget alone: no step limit
-        if args.lr is not None:
-            overrides["min_lr"] = args.lr / 10  # the cosine ends at a tenth of the peak, as in every preset
+        overrides = train_overrides(args)
         config = TrainConfig.from_preset(preset, **overrides, device=args.device, dtype=args.dtype, compile=args.compile,
                                          seed=args.seed, out_dir=str(out), ckpt_interval=args.ckpt_interval,
                                          chars_per_token=chars_per_token, progress=not args.quiet)
@@ -2523,16 +2535,7 @@ def cmd_chat_train(args) -> int:
     block = model.config.block_size
     train_data = chat_data(tokenizer, make_conversations(args.conversations, args.seed), block)
     val_data = chat_data(tokenizer, make_conversations(500, args.seed + 1, held_out=True), block)
-    budget = {"max_time": args.max_time, "max_steps": args.max_steps}
-    if args.max_time is None:
-        budget["max_time"] = None if args.max_steps is not None else CHAT_MAX_TIME
-    if args.max_steps is None:
-        budget["max_steps"] = 10**9  # a time budget alone: no step limit
-    overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval).items()
-                 if v is not None}
-    if args.lr is not None:
-        overrides["min_lr"] = args.lr / 10
-    config = TrainConfig.from_preset(preset, **budget, **overrides, device=str(device), dtype=args.dtype,
+    config = TrainConfig.from_preset(preset, **train_overrides(args, CHAT_MAX_TIME), device=str(device), dtype=args.dtype,
                                      seed=args.seed, out_dir=str(out), progress=not args.quiet)
     masked = not args.no_mask
     print(f"tinyllm chat-train | {model.num_params() / 1e6:.2f}M parameters, from {args.init or 'scratch'} "
@@ -2747,15 +2750,8 @@ def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: 
         import tokenizers  # noqa: F401  (hf_tokenizer needs it)
     except ImportError:
         raise ImportError("exporting to Hugging Face needs its libraries: pip install transformers safetensors") from None
-    if isinstance(checkpoint, TinyLLM):
-        model = checkpoint
-    else:
-        ckpt = load_checkpoint(checkpoint)
-        model, tokenizer = ckpt["model"], tokenizer or ckpt["tokenizer"]
+    model, tokenizer = export_source(checkpoint, tokenizer)
     cfg, out = model.config, Path(out_dir)
-    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
-                         "pass the tokenizer the model was trained with")
     with export_folder(out, "hf", overwrite) as folder:  # written there, then moved into out
         config = {
             "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
