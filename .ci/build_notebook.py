@@ -44,15 +44,15 @@ NOTEBOOK_DATA_DIR = '''\
 # folder next to itself). TINYLLM_DATA_DIR in the environment overrides both.
 DATA_DIR = Path("data")'''
 
-PART_TWO = re.compile(r"# Part II\b")  # the line in tinyllm.py where the module-only toolkit begins
+FOOTER = re.compile(r"# Footer\b")  # the line in tinyllm.py where its module-only footer begins
 
 
 class Module:
-    """Part I of tinyllm.py taken apart: its imports and its top-level definitions, by name."""
+    """tinyllm.py (less its footer) taken apart: its imports and its top-level definitions, by name."""
 
     def __init__(self, path: Path = MODULE_PATH):
         lines = path.read_text(encoding="utf-8").splitlines()
-        cut = next((i for i, line in enumerate(lines) if PART_TWO.match(line)), len(lines))
+        cut = next((i for i, line in enumerate(lines) if FOOTER.match(line)), len(lines))
         self.lines = lines[:cut]
         self.imports: list[str] = []
         self.defs: dict[str, str] = {}

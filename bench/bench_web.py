@@ -36,7 +36,6 @@ import numpy as np
 import onnxruntime
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tinyllm  # noqa: E402
 
 PROMPT, N, REPS = "ROMEO:", 500, 3

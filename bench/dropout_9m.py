@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tinyllm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dropout_9m.jsonl"

@@ -17,7 +17,6 @@ from typing import Sequence
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # `import tinyllm` from any working directory
 if os.environ.get("TINYLLM_DATA_DIR"):  # CI gives a relative path; tests that change directory still find it
     os.environ["TINYLLM_DATA_DIR"] = str(Path(os.environ["TINYLLM_DATA_DIR"]).resolve())
 
@@ -61,6 +60,7 @@ def cli_env() -> dict:
     """The environment for CLI subprocesses: one thread each (the test machine's cores are shared)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # import tinyllm anywhere
     env.pop("TINYLLM_DEBUG", None)  # errors must be one line, as users see them
     return env
 
@@ -141,7 +141,6 @@ def run_without(modules: Sequence[str], statement: str) -> subprocess.CompletedP
     """
     code = ("import sys\n"
             f"for name in {tuple(modules)!r}: sys.modules[name] = None  # not installed\n"
-            f"sys.path.insert(0, {str(REPO)!r})\n"
             "import tinyllm\n"
             "model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset('tiny', 10))\n"
             "try:\n"

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tinyllm
+import tinyllm_toolkit.runs
 from tinyllm import (BPETokenizer, CharTokenizer, ModelConfig, TinyLLM, TrainConfig, load_checkpoint,
                      fit, save_checkpoint, split_train_val)
 from conftest import assert_same_weights, tiny_config, tiny_model, without_seconds
@@ -98,7 +99,7 @@ def crash_at_batch(monkeypatch, n: int, action=None) -> None:
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tinyllm, "get_batch", get_batch)
+    monkeypatch.setattr(tinyllm_toolkit.runs, "get_batch", get_batch)  # what fit draws its batches with
 
 
 @pytest.mark.parametrize("dtype, grad_accum, crash_step", [("fp32", 1, 9), ("fp32", 1, 25), ("fp16", 2, 19)])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tinyllm
+import tinyllm_toolkit.cli
 from conftest import REPO, call_main, cli_env
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -70,7 +71,7 @@ def test_help_for_every_command(capsys):
 
 def test_import_starts_nothing(tmp_path):
     """`import tinyllm` prints nothing, writes nothing, downloads nothing and leaves SIGINT alone."""
-    code = ("import signal, sys; sys.path.insert(0, sys.argv[1]); import tinyllm; "
+    code = ("import signal, sys; import tinyllm; "
             "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler; "
             "assert 'torch.distributed' not in sys.modules or not tinyllm.torch.distributed.is_initialized()")
     import subprocess
@@ -108,7 +109,7 @@ def test_default_cpu_run_is_time_boxed(tmp_path, corpus_file, monkeypatch, capsy
         return real_train(model, train_ids, val_ids, config, **kwargs)
 
     real_train = tinyllm.fit
-    monkeypatch.setattr(tinyllm, "fit", quick_train)
+    monkeypatch.setattr(tinyllm_toolkit.cli, "fit", quick_train)
     monkeypatch.setattr(tinyllm.torch.cuda, "is_available", lambda: False)  # a CPU machine, also where a GPU is
     monkeypatch.setattr(tinyllm.torch.backends.mps, "is_available", lambda: False)
     code, stdout, err = call_main(["train", "--data", corpus_file, "--out", tmp_path / "run", "--quiet",

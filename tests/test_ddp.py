@@ -24,8 +24,8 @@ TRAIN_ARGS = ["--preset", "tiny", "--max-steps", str(STEPS), "--eval-interval", 
 # step STOP_AT, so training must stop cleanly on both ranks after that step, with last.pt saved.
 INTERRUPTING_MAIN = """
 import os, signal, sys
-sys.path.insert(0, {repo!r})
 import tinyllm
+import tinyllm_toolkit.runs
 
 real_get_batch, calls = tinyllm.get_batch, []
 
@@ -35,7 +35,7 @@ def get_batch(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
     return real_get_batch(*args, **kwargs)
 
-tinyllm.get_batch = get_batch
+tinyllm_toolkit.runs.get_batch = get_batch  # what fit draws its batches with
 sys.exit(tinyllm.main(sys.argv[1:]))
 """
 

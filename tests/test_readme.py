@@ -23,7 +23,7 @@ def test_readme_api_example_runs(tmp_path, corpus_file):
     code = code.replace('tl.load_text("shakespeare")', f"tl.load_text({str(corpus_file)!r})")
     code = code.replace('"ROMEO:"', '"The king"').replace('"JULIET:"', '"A fool"')
     script = tmp_path / "example.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\n" + code, encoding="utf-8")
+    script.write_text(code, encoding="utf-8")
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=cli_env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
