@@ -119,7 +119,7 @@ def test_default_cpu_run_is_time_boxed(tmp_path, corpus_file, monkeypatch, capsy
     assert 60 <= config.max_time <= 150 and config.max_steps >= 10**5  # the clock decides
     assert config.max_time == tinyllm.PRESETS["cpu"]["train"]["max_time"]
     header = stdout.splitlines()[0]
-    assert "(cpu preset)" in header and f"{config.max_time:.0f} s | out" in header
+    assert "(cpu preset)" in header and f"or {config.max_time:.0f} s, whichever comes first | out" in header
     assert "train longer for better text: python tinyllm.py train --max-time" in stdout
 
 

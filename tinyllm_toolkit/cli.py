@@ -12,6 +12,7 @@ import itertools
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +26,10 @@ from tinyllm import (
 from tinyllm_toolkit.export_hf import export_hf
 from tinyllm_toolkit.export_onnx import ORT_WEB_FILES, export_onnx, export_web
 from tinyllm_toolkit.files import load_checkpoint, remove_stale_temp_files
-from tinyllm_toolkit.runs import fit, is_main_process, same_on_all_ranks, start_distributed
+from tinyllm_toolkit.runs import fit, is_main_process, load_once_per_machine, same_on_all_ranks, start_distributed
+
+
+CHAT_MAX_TIME = 120.0  # chat-train's default budget in seconds (bench/README.md, "Chat": what it buys on 2 CPU cores)
 
 
 class CLIParser(argparse.ArgumentParser):
@@ -35,90 +39,93 @@ class CLIParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see: python {self.prog} --help)\n")  # prog: "tinyllm.py train"
 
 
-def build_parser() -> CLIParser:
-    parser = CLIParser(prog="tinyllm.py", description="Train a tiny language model and sample from it.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=CLIParser)
+def options(*specs: tuple[tuple[str, ...], dict]) -> argparse.ArgumentParser:
+    """A parent parser: options that several commands share, declared once (argparse's parents=)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for flags, kwargs in specs:
+        parent.add_argument(*flags, **kwargs)
+    return parent
 
-    t = sub.add_parser("train", help="train a model (default: TinyShakespeare, char tokenizer)",
+
+DEVICE = options((("--device",), dict(default="auto", help="auto, cpu, cuda, cuda:N or mps")))
+CKPT = options((("--ckpt",), dict(required=True, help="a checkpoint file, or a run directory (its best.pt)")))
+SAMPLING = options(
+    (("--top-k",), dict(type=int, help="sample only from the k most likely tokens")),
+    (("--top-p",), dict(type=float, help="sample only from the most likely tokens that make up probability p")))
+RUN = options(
+    (("--preset",), dict(help=f"model and training settings: {', '.join(PRESETS)} (default: 9m on a GPU, cpu otherwise)")),
+    (("--max-steps",), dict(type=int, help="stop after this many optimizer steps")),
+    (("--max-time",), dict(type=float, help="stop after this many seconds of training (train's default: the preset's; "
+                                            f"chat-train's: {CHAT_MAX_TIME:.0f} s without --max-steps)")),
+    (("--batch-size",), dict(type=int, help="sequences per step (default: the preset's)")),
+    (("--lr",), dict(type=float, help="peak learning rate (default: the preset's)")),
+    (("--eval-interval",), dict(type=int, help="steps between evaluations (default: the preset's)")),
+    (("--dtype",), dict(default="auto", help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA GPUs that have it, fp16 "
+                                             "on older ones, fp32 elsewhere)")),
+    (("--out",), dict(help="run directory for last.pt and best.pt (default: a new runs/<date-time>)")),
+    (("--seed",), dict(type=int, default=1337, help="random seed of the run (and of chat-train's conversations; "
+                                                    "default 1337)")),
+    (("--quiet",), dict(action="store_true", help="no progress bar or loss lines")))
+
+
+def add_train(sub) -> None:
+    t = sub.add_parser("train", parents=[RUN, DEVICE], help="train a model (default: TinyShakespeare, char tokenizer)",
                        description="Train a model. On a CPU the default run takes about two minutes; "
                                    "on a GPU it trains the 9m preset.")
     t.add_argument("--data", default="shakespeare", help="a built-in dataset (shakespeare) or a UTF-8 text file")
     t.add_argument("--tokenizer", default="char", help="char (one token per character) or bpe (byte-level BPE)")
     t.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size, at least 256 (default 512)")
-    t.add_argument("--preset", help=f"model and training settings: {', '.join(PRESETS)} "
-                                    "(default: 9m on a GPU, cpu otherwise)")
-    t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    t.add_argument("--max-time", type=float, help="stop after this many seconds of training")
-    t.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
-    t.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
-    t.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (auto: bf16/fp16 on CUDA, fp32 elsewhere)")
     t.add_argument("--compile", action="store_true", help="use torch.compile (slow to start, faster per step)")
-    t.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the preset's)")
     t.add_argument("--ckpt-interval", type=int, default=0, help="steps between saves of last.pt (0: at evaluations)")
-    t.add_argument("--out", help="run directory for last.pt and best.pt (default: a new runs/<date-time>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest run)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    t.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     t.add_argument("--data-dir", help="where built-in datasets are cached (default: $TINYLLM_DATA_DIR or data/)")
     t.add_argument("--sample-tokens", type=int, default=400, help="length of the sample printed at the end")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or loss lines")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="generate text from a trained model", description="Generate text from a checkpoint.")
-    s.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
+
+def add_sample(sub) -> None:
+    s = sub.add_parser("sample", parents=[CKPT, SAMPLING, DEVICE], help="generate text from a trained model",
+                       description="Generate text from a checkpoint.")
     s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     s.add_argument("--max-new-tokens", type=int, default=500, help="how many tokens to generate (default 500)")
     s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more surprising (default 0.8)")
-    s.add_argument("--top-k", type=int, help="sample only from the k most likely tokens")
-    s.add_argument("--top-p", type=float, help="sample only from the most likely tokens that make up probability p")
     s.add_argument("--stop", help="stop before this string appears")
     s.add_argument("--seed", type=int, help="random seed, for a repeatable sample")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     s.set_defaults(func=cmd_sample)
 
-    c = sub.add_parser("chat-train", help="fine-tune a chat model on generated conversations (Tilly the tortoise)",
+
+def add_chat_train(sub) -> None:
+    c = sub.add_parser("chat-train", parents=[RUN, DEVICE],
+                       help="fine-tune a chat model on generated conversations (Tilly the tortoise)",
                        description="Fine-tune a model into a chat model on conversations generated in code "
                                    "(section 14): small talk in Tilly the tortoise's persona and sums of two "
                                    "numbers, with the loss on the assistant's tokens only. Ends with the exact-match "
                                    "accuracy on held-out sums and the share of replies that end with <|end|>.")
     c.add_argument("--init", metavar="CKPT|DIR", help="start from this model, e.g. a `train` run (default: a new one)")
-    c.add_argument("--preset", help=f"for a new model: {', '.join(PRESETS)} (default: 9m on a GPU, cpu otherwise)")
-    c.add_argument("--max-time", type=float,
-                   help=f"stop after this many seconds (default: {CHAT_MAX_TIME:.0f} without --max-steps)")
-    c.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    c.add_argument("--batch-size", type=int, help="sequences per step (default: the preset's)")
-    c.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
-    c.add_argument("--eval-interval", type=int, help="steps between evaluations (default: the preset's)")
     c.add_argument("--conversations", type=int, default=20_000, help="conversations to generate (default 20000)")
     c.add_argument("--no-mask", action="store_true",
                    help="train on every token (full-sequence loss), not only on the assistant's")
-    c.add_argument("--out", help="run directory for last.pt and best.pt (default: a new runs/<date-time>)")
-    c.add_argument("--seed", type=int, default=1337, help="seed of the conversations and the run (default 1337)")
-    c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    c.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
-    c.add_argument("--quiet", action="store_true", help="no progress bar or loss lines")
     c.set_defaults(func=cmd_chat_train)
 
-    h = sub.add_parser("chat", help="talk to a chat model",
+
+def add_chat(sub) -> None:
+    h = sub.add_parser("chat", parents=[CKPT, SAMPLING, DEVICE], help="talk to a chat model",
                        description="Talk to a model from chat-train. At a terminal, an interactive prompt; "
                                    "otherwise one user message per input line and one reply per output line.")
-    h.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
     h.add_argument("--max-new-tokens", type=int, default=64, help="the longest reply, in tokens (default 64)")
     h.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the default; e.g. 0.8 for variety")
-    h.add_argument("--top-k", type=int, help="sample only from the k most likely tokens")
-    h.add_argument("--top-p", type=float, help="sample only from the most likely tokens that make up probability p")
     h.add_argument("--seed", type=int, help="random seed, for repeatable replies when sampling")
-    h.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     h.set_defaults(func=cmd_chat)
 
-    e = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers, ONNX or a web page",
+
+def add_export(sub) -> None:
+    e = sub.add_parser("export", parents=[CKPT], help="export a checkpoint for Hugging Face transformers, ONNX or a web page",
                        description="Write a checkpoint as a folder that Hugging Face transformers loads as "
                                    "LlamaForCausalLM (--hf; needs: pip install transformers safetensors), as an "
                                    "ONNX file (--onnx), or as a static web page that generates text in the browser "
                                    "(--web; both need: pip install onnx). The folder written to must be new, empty "
                                    "or an earlier export, unless --overwrite.")
-    e.add_argument("--ckpt", required=True, help="a checkpoint file, or a run directory (its best.pt)")
     to = e.add_mutually_exclusive_group(required=True)
     to.add_argument("--hf", metavar="DIR", help="the Hugging Face folder to write (created if needed)")
     to.add_argument("--onnx", metavar="FILE", help="the ONNX file to write (FILE.onnx, and FILE.json beside it)")
@@ -126,6 +133,13 @@ def build_parser() -> CLIParser:
     e.add_argument("--overwrite", action="store_true",
                    help="write into a folder that holds other files (files of the same names are replaced)")
     e.set_defaults(func=cmd_export)
+
+
+def build_parser() -> CLIParser:
+    parser = CLIParser(prog="tinyllm.py", description="Train a tiny language model and sample from it.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CLIParser)
+    for add in (add_train, add_sample, add_chat_train, add_chat, add_export):
+        add(sub)
     return parser
 
 
@@ -180,89 +194,132 @@ def train_overrides(args, default_max_time: Optional[float] = None) -> dict:
     return overrides
 
 
-def cmd_train(args) -> int:
-    if args.sample_tokens < 0:  # checked now, not after the whole run
-        raise ValueError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
-    device = start_distributed(args.device)
-    if not is_main_process():
-        sys.stdout = open(os.devnull, "w")  # under torchrun only rank 0 prints; errors still reach stderr
-    if args.resume:
-        out = Path(same_on_all_ranks(str(find_run_to_resume(args.out))))
-        check_run_dir(out)
-        if is_main_process():
-            remove_stale_temp_files(out)  # a crash mid-save leaves one; gone even if there is nothing to resume
-        state = load_checkpoint(out / "last.pt")
-        model, tokenizer, config, meta = state["model"], state["tokenizer"], state["train_config"], state["meta"]
-        if (meta or {}).get("chat"):
-            raise ValueError(f"{out} is a chat-train run, which train --resume cannot continue: start a new chat-train "
-                             f"run, e.g. with --init {out}")
-        if state.get("done"):
-            run = state["train_state"]
-            print(f"the run in {out} already finished at step {run.step} (best val loss {run.best_val:.4f}); "
-                  f"nothing to resume. Train longer with a new run, e.g. python tinyllm.py train --max-time 600")
-            return 0
-        config.device, config.progress = args.device, not args.quiet
-        train_ids, val_ids, _ = prepare_data(load_text(meta["data"], args.data_dir), tokenizer)
-        print(f"resuming {out} at step {state['train_state'].step}")
+@dataclass
+class TrainJob:
+    """What `train` runs: a model, its tokenizer and settings, the data, and the run directory."""
+
+    model: TinyLLM
+    tokenizer: Tokenizer
+    config: TrainConfig
+    meta: dict
+    train_ids: list[int]
+    val_ids: list[int]
+    out: Path
+    resume: Optional[dict] = None  # the checkpoint a resumed run continues from
+
+
+def budget(config: TrainConfig) -> str:
+    """The limits that stop a run, both when both are set: whichever comes first ends it."""
+    limits = [f"{config.max_steps:,} steps" if config.max_steps < 10**9 else "",
+              f"{config.max_time:.0f} s" if config.max_time else ""]
+    return " or ".join(limit for limit in limits if limit) + (", whichever comes first" if all(limits) else "")
+
+
+def resume_job(args) -> Optional[TrainJob]:
+    """The run in --out (or the newest one) as it was saved in last.pt; None if it had already finished."""
+    out = Path(same_on_all_ranks(str(find_run_to_resume(args.out))))
+    check_run_dir(out)
+    if is_main_process():
+        remove_stale_temp_files(out)  # a crash mid-save leaves one; gone even if there is nothing to resume
+    state = load_checkpoint(out / "last.pt")
+    model, tokenizer, config, meta = state["model"], state["tokenizer"], state["train_config"], state["meta"]
+    if (meta or {}).get("chat"):
+        raise ValueError(f"{out} is a chat-train run, which train --resume cannot continue: start a new chat-train "
+                         f"run, e.g. with --init {out}")
+    if state.get("done"):
+        run = state["train_state"]
+        print(f"the run in {out} already finished at step {run.step} (best val loss {run.best_val:.4f}); "
+              f"nothing to resume. Train longer with a new run, e.g. python tinyllm.py train --max-time 600")
+        return None
+    config.device, config.progress = args.device, not args.quiet
+    text = load_once_per_machine(lambda: load_text(meta["data"], args.data_dir))
+    train_ids, val_ids, _ = prepare_data(text, tokenizer)
+    print(f"resuming {out} at step {state['train_state'].step}")
+    return TrainJob(model, tokenizer, config, meta, train_ids, val_ids, out, state)
+
+
+def new_job(args, device: torch.device) -> TrainJob:
+    """A new model of the preset's shape, with a tokenizer made from --data, and a new run directory."""
+    if args.tokenizer not in ("char", "bpe"):
+        raise ValueError(f"unknown tokenizer {args.tokenizer!r}: use char or bpe")
+    preset = args.preset or ("9m" if device.type == "cuda" else "cpu")
+    check_preset(preset)
+    out = Path(same_on_all_ranks(args.out or str(new_run_dir())))
+    if (out / "last.pt").exists() or (out / "best.pt").exists():
+        raise FileExistsError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+    check_run_dir(out)
+    text = load_once_per_machine(lambda: load_text(args.data, args.data_dir))
+    if args.tokenizer == "char":
+        tokenizer = CharTokenizer.from_text(text)
     else:
-        if args.tokenizer not in ("char", "bpe"):
-            raise ValueError(f"unknown tokenizer {args.tokenizer!r}: use char or bpe")
-        preset = args.preset or ("9m" if device.type == "cuda" else "cpu")
-        check_preset(preset)
-        out = Path(same_on_all_ranks(args.out or str(new_run_dir())))
-        if (out / "last.pt").exists() or (out / "best.pt").exists():
-            raise FileExistsError(f"{out} already holds a run: continue it with --resume, or choose another --out")
-        check_run_dir(out)
-        text = load_text(args.data, args.data_dir)
-        if args.tokenizer == "char":
-            tokenizer = CharTokenizer.from_text(text)
-        else:
-            print(f"training a BPE tokenizer with {args.vocab_size} tokens ...")
-            tokenizer = BPETokenizer.train(split_train_val(text)[0], args.vocab_size)
-        train_ids, val_ids, chars_per_token = prepare_data(text, tokenizer)
-        overrides = train_overrides(args)
-        config = TrainConfig.from_preset(preset, **overrides, device=args.device, dtype=args.dtype, compile=args.compile,
-                                         seed=args.seed, out_dir=str(out), ckpt_interval=args.ckpt_interval,
-                                         chars_per_token=chars_per_token, progress=not args.quiet)
-        seed_everything(args.seed)
-        model = TinyLLM(ModelConfig.from_preset(preset, tokenizer.vocab_size))
-        meta, state = {"data": str(args.data), "preset": preset}, None
-        amp = choose_precision(device, config.dtype)
-        steps_bind = not config.max_time or args.max_steps is not None  # a preset's step cap under a clock is no budget
-        budget = [f"{config.max_steps} steps" if steps_bind else "", f"{config.max_time:.0f} s" if config.max_time else ""]
-        print(f"tinyllm | {model.num_params() / 1e6:.2f}M parameters ({preset} preset) | device {device} | "
-              f"{str(amp or torch.float32).replace('torch.', '')} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
-              f"{len(train_ids):,} train + {len(val_ids):,} val tokens | budget {' or '.join(b for b in budget if b)} | out {out}")
-    config.out_dir, config.device = str(out), str(device)
+        print(f"training a BPE tokenizer with {args.vocab_size} tokens ...")
+        tokenizer = BPETokenizer.train(split_train_val(text)[0], args.vocab_size)
+    train_ids, val_ids, chars_per_token = prepare_data(text, tokenizer)
+    config = TrainConfig.from_preset(preset, **train_overrides(args), device=args.device, dtype=args.dtype,
+                                     compile=args.compile, seed=args.seed, out_dir=str(out),
+                                     ckpt_interval=args.ckpt_interval, chars_per_token=chars_per_token,
+                                     progress=not args.quiet)
+    seed_everything(args.seed)
+    model = TinyLLM(ModelConfig.from_preset(preset, tokenizer.vocab_size))
+    amp = choose_precision(device, config.dtype)
+    print(f"tinyllm | {model.num_params() / 1e6:.2f}M parameters ({preset} preset) | device {device} | "
+          f"{str(amp or torch.float32).replace('torch.', '')} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
+          f"{len(train_ids):,} train + {len(val_ids):,} val tokens | budget {budget(config)} | out {out}")
+    return TrainJob(model, tokenizer, config, {"data": str(args.data), "preset": preset}, train_ids, val_ids, out)
+
+
+def run_job(job: TrainJob, device: torch.device) -> Optional[list[dict]]:
+    """fit the job; None after a Ctrl-C (last.pt is saved). A failed save says how to resume."""
+    job.config.out_dir, job.config.device = str(job.out), str(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
-        print(f"DDP: {world} processes ({torch.distributed.get_backend()}), each {config.batch_size} sequences x "
-              f"{config.grad_accum} micro-batches per step: {config.batch_size * config.grad_accum * world} in all")
+        c = job.config
+        print(f"DDP: {world} processes ({torch.distributed.get_backend()}), each {c.batch_size} sequences x "
+              f"{c.grad_accum} micro-batches per step: {c.batch_size * c.grad_accum * world} in all")
     try:
-        history = fit(model, train_ids, val_ids, config, tokenizer=tokenizer, resume=state, meta=meta)
+        return fit(job.model, job.train_ids, job.val_ids, job.config, tokenizer=job.tokenizer, resume=job.resume,
+                   meta=job.meta)
     except KeyboardInterrupt:
         if is_main_process():
-            print(f"\ninterrupted: last.pt saved in {out}. Resume with: python tinyllm.py train --resume --out {out}",
-                  file=sys.stderr)
-        return 130
+            print(f"\ninterrupted: last.pt saved in {job.out}. Resume with: python tinyllm.py train --resume "
+                  f"--out {job.out}", file=sys.stderr)
+        return None
     except OSError as e:  # e.g. the disk filled up while saving: last.pt, if there is one, is whole
-        if not (out / "last.pt").is_file():
+        if not (job.out / "last.pt").is_file():
             raise
-        raise type(e)(f"{e}. Then resume with: python tinyllm.py train --resume --out {out}") from None
-    if not is_main_process():
-        return 0  # rank 0 reports and samples
-    final = history[-1] if history else None
+        raise type(e)(f"{e}. Then resume with: python tinyllm.py train --resume --out {job.out}") from None
+
+
+def report(job: TrainJob, history: list[dict], device: torch.device, sample_tokens: int, seed: int) -> None:
+    """The final evaluation, a sample from best.pt, and what to do next."""
+    final, out = (history[-1] if history else None), job.out
     best = load_checkpoint(out / "best.pt", device)
     if final:
         print(f"done: step {final['step']}, val loss {final['val_loss']:.4f} ({final['val_bpc']:.3f} bits/char), "
               f"best {best['best_val']:.4f}, {final['seconds']:.0f} s")
     print("--- sample (best.pt, temperature 0.8) ---")
     prompt = "\n"
-    print(prompt + complete(best["model"], tokenizer, prompt, args.sample_tokens, temperature=0.8, seed=args.seed))
+    print(prompt + complete(best["model"], job.tokenizer, prompt, sample_tokens, temperature=0.8, seed=seed))
     print("---")
     print(f"saved {out}/best.pt and {out}/last.pt. More text: python tinyllm.py sample --ckpt {out}")
-    if config.max_time and device.type == "cpu":
+    if job.config.max_time and device.type == "cpu":
         print("train longer for better text: python tinyllm.py train --max-time 600 (or on a GPU: --device cuda)")
+
+
+def cmd_train(args) -> int:
+    if args.sample_tokens < 0:  # checked now, not after the whole run
+        raise ValueError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
+    device = start_distributed(args.device)
+    if not is_main_process():
+        sys.stdout = open(os.devnull, "w")  # under torchrun only rank 0 prints; errors still reach stderr
+    job = resume_job(args) if args.resume else new_job(args, device)
+    if job is None:
+        return 0
+    history = run_job(job, device)
+    if history is None:
+        return 130
+    if is_main_process():  # rank 0 reports and samples
+        report(job, history, device, args.sample_tokens, args.seed)
     return 0
 
 
@@ -285,9 +342,6 @@ def cmd_sample(args) -> int:
              args.top_p, args.seed, args.stop, not args.no_cache, on_text=show)
     show("\n")
     return 0
-
-
-CHAT_MAX_TIME = 120.0  # chat-train's default budget in seconds (bench/README.md, "Chat": what it buys on 2 CPU cores)
 
 
 def chat_start(args, device: torch.device) -> tuple[TinyLLM, Tokenizer, str]:
@@ -321,6 +375,9 @@ def chat_start(args, device: torch.device) -> tuple[TinyLLM, Tokenizer, str]:
 def cmd_chat_train(args) -> int:
     if args.conversations < 1:
         raise ValueError(f"--conversations must be at least 1, got {args.conversations}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("chat-train runs as one process (its conversations fit any one GPU): start it with "
+                         "python tinyllm.py chat-train, not torchrun")
     device = pick_device(args.device)
     out = Path(args.out or str(new_run_dir()))
     if (out / "last.pt").exists() or (out / "best.pt").exists():
@@ -336,8 +393,7 @@ def cmd_chat_train(args) -> int:
     print(f"tinyllm chat-train | {model.num_params() / 1e6:.2f}M parameters, from {args.init or 'scratch'} "
           f"({preset} settings) | device {device} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
           f"{args.conversations:,} conversations, {len(train_data.ids):,} tokens | loss on "
-          f"{'the assistant tokens' if masked else 'every token'} | budget "
-          f"{f'{config.max_time:.0f} s' if config.max_time else f'{config.max_steps} steps'} | out {out}")
+          f"{'the assistant tokens' if masked else 'every token'} | budget {budget(config)} | out {out}")
 
     def batch_source(generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return chat_batch(train_data, config.batch_size, block, generator, device, masked)
