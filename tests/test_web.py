@@ -81,6 +81,24 @@ def bpe_run(corpus_text, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def chat_runs(corpus_text, tmp_path_factory) -> dict[str, Path]:
+    """Run directories of two tiny chat models, a character one and a byte-level BPE one, briefly fine-tuned."""
+    conversations = tinyllm.make_conversations(1500, seed=0, max_number=19)
+    said = "\n".join(m["content"] for messages in conversations[:300] for m in messages)
+    runs = {}
+    for kind, tok in [("char", tinyllm.chat_tokenizer()),
+                      ("bpe", tinyllm.chat_tokenizer(tinyllm.BPETokenizer.train(corpus_text + said, 330)))]:
+        torch.manual_seed(0)
+        model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset("tiny", tok.vocab_size, block_size=48))
+        config = tinyllm.TrainConfig.from_preset("tiny", batch_size=16, max_steps=150, eval_interval=150, lr=1e-2,
+                                                 min_lr=1e-3, device="cpu", seed=0, progress=False)
+        tinyllm.finetune(model, tinyllm.chat_data(tok, conversations, 48), config)
+        runs[kind] = tmp_path_factory.mktemp(f"chat-{kind}")
+        tinyllm.save_checkpoint(runs[kind] / "best.pt", model.eval(), tok, step=150, meta={"chat": True})
+    return runs
+
+
 def folder_state(folder: Path) -> dict[str, bytes]:
     """Every file under folder (relative path -> bytes), to check that nothing changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -98,14 +116,13 @@ def foreign_folder(path: Path) -> Path:
 # Exports never write into someone else's folder
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["hf", "onnx", "web"])
+@pytest.mark.parametrize("kind", ["hf", "web"])
 def test_cli_refuses_a_foreign_folder(kind, tmp_path, char_run):
     if kind == "hf":
         pytest.importorskip("safetensors")
     folder = foreign_folder(tmp_path / "mine")
     before = folder_state(folder)
-    target = folder / "model.onnx" if kind == "onnx" else folder
-    result = run_cli("export", "--ckpt", char_run, f"--{kind}", target)
+    result = run_cli("export", "--ckpt", char_run, f"--{kind}", folder)
     assert result.returncode == 1, result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: refusing to export into {folder}: "), result.stderr
@@ -118,29 +135,76 @@ def test_api_refuses_too(tmp_path, char_run):
     pytest.importorskip("safetensors")
     folder = foreign_folder(tmp_path / "mine")
     before = folder_state(folder)
-    for export in (lambda: tinyllm.export_hf(char_run, folder), lambda: tinyllm.export_web(char_run, folder),
-                   lambda: tinyllm.export_onnx(char_run, folder / "model.onnx")):
+    for export in (lambda: tinyllm.export_hf(char_run, folder), lambda: tinyllm.export_web(char_run, folder)):
         with pytest.raises(FileExistsError, match="refusing to export into .*overwrite=True"):
             export()
+    with pytest.raises(FileExistsError, match="refusing to replace .*model.onnx: .*overwrite=True"):
+        tinyllm.export_onnx(char_run, folder / "model.onnx")
     assert folder_state(folder) == before
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         tinyllm.export_web(char_run, tmp_path / "file")
 
 
-def test_a_previous_export_is_replaced(tmp_path, char_run):
+def test_a_previous_export_is_replaced(tmp_path, char_run, chat_runs):
     out = tmp_path / "site"
-    tinyllm.export_onnx(char_run, out / "old.onnx")
-    assert sorted(p.name for p in out.iterdir()) == ["old.json", "old.onnx", tinyllm.EXPORT_MARKER]
-    result = run_cli("export", "--ckpt", char_run, "--web", out)
+    tinyllm.export_web(char_run, out)  # a text model's page ...
+    assert "page.js" in {p.name for p in out.iterdir()}
+    result = run_cli("export", "--ckpt", chat_runs["char"], "--web", out)  # ... replaced by a chat model's
     assert result.returncode == 0, result.stderr
     names = {p.name for p in out.iterdir()}
-    assert {"index.html", "tinyllm.js", "model.onnx", "model.json", tinyllm.EXPORT_MARKER} <= names
-    assert "old.onnx" not in names and "old.json" not in names  # the old export's files went with it
+    assert {"index.html", "tinyllm.js", "chat.js", "model.onnx", "model.json", tinyllm.EXPORT_MARKER} <= names
+    assert "page.js" not in names  # the old export's files went with it
+    assert (out / "index.html").read_bytes() == (REPO / "web" / "chat.html").read_bytes()
     marker = json.loads((out / tinyllm.EXPORT_MARKER).read_text())
     assert marker["kind"] == "web" and sorted(marker["files"]) == sorted(names - {tinyllm.EXPORT_MARKER})
     assert run_cli("export", "--ckpt", char_run, "--web", out).returncode == 0  # and again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
+def test_a_single_file_export_goes_into_any_folder(tmp_path, char_run):
+    """--onnx from a folder of one's own files (a project's, say): the two files, no marker, nothing else touched."""
+    folder = foreign_folder(tmp_path / "project")
+    before = folder_state(folder)
+    result = run_cli("export", "--ckpt", char_run, "--onnx", "tiny.onnx", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    after = folder_state(folder)
+    assert sorted(set(after) - set(before)) == ["tiny.json", "tiny.onnx"]  # no marker, no temporary file
+    assert {name: after[name] for name in before} == before
+    assert json.loads(after["tiny.json"])["config"]["vocab_size"] == tinyllm.load_checkpoint(char_run)["model"].config.vocab_size
+
+
+@pytest.mark.parametrize("existing", ["tiny.onnx", "tiny.json"])
+def test_a_single_file_export_replaces_a_file_only_when_told(existing, tmp_path, char_run):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / existing).write_text("someone's file")
+    before = folder_state(folder)
+    result = run_cli("export", "--ckpt", char_run, "--onnx", folder / "tiny.onnx")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: refusing to replace {folder / existing}") and "--overwrite" in lines[0]
+    assert folder_state(folder) == before
+    assert run_cli("export", "--ckpt", char_run, "--onnx", folder / "tiny.onnx", "--overwrite").returncode == 0
+    assert sorted(folder_state(folder)) == ["tiny.json", "tiny.onnx"]
+    assert folder_state(folder)[existing] != before[existing]
+
+
+def test_a_single_file_export_that_fails_leaves_the_old_files(tmp_path, char_run, monkeypatch):
+    path = tinyllm.export_onnx(char_run, tmp_path / "tiny.onnx")
+    before = folder_state(tmp_path)
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tinyllm.os, "replace", failing_replace)
+    with pytest.raises(OSError, match=f"cannot write {path} .*the previous tiny.onnx is intact"):
+        tinyllm.export_onnx(char_run, path, overwrite=True, kv_cache=True)
+    monkeypatch.undo()
+    assert folder_state(tmp_path) == before  # both old files whole, and no temporary file left
+    (tmp_path / "sub.onnx").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder: give the name of a file"):
+        tinyllm.export_onnx(char_run, tmp_path / "sub.onnx", overwrite=True)
 
 
 def test_overwrite_replaces_only_files_of_the_same_names(tmp_path, char_run):
@@ -313,9 +377,11 @@ def run_js_tokenizer(node: str, tmp_path: Path, info: dict, texts: list[str], id
         'import { makeTokenizer } from "./tinyllm.mjs";\n'
         'const { info, texts, ids, split } = JSON.parse(readFileSync("in.json", "utf8"));\n'
         "const tok = makeTokenizer(info);\n"
-        "const encode = (t) => { try { return tok.encode(t); } catch (e) { return e.message; } };\n"
+        "const attempt = (f) => (t) => { try { return f(t); } catch (e) { return e.message; } };\n"
+        "const [encoded, ordinary] = [attempt((t) => tok.encode(t)), attempt((t) => tok.encodeOrdinary(t))];\n"
         "const pieces = info.split_pattern_js ? [...split.matchAll(new RegExp(info.split_pattern_js, 'gu'))].map((m) => m[0]) : [];\n"
-        'writeFileSync("out.json", JSON.stringify({ encoded: texts.map(encode), decoded: ids.map((i) => tok.decode(i)), pieces }));\n')
+        'writeFileSync("out.json", JSON.stringify({ encoded: texts.map(encoded), ordinary: texts.map(ordinary), '
+        "decoded: ids.map((i) => tok.decode(i)), pieces }));\n")
     result = subprocess.run([node, "run.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
@@ -337,8 +403,9 @@ def test_js_bpe_tokenizer_gives_python_ids(node, tmp_path, onnx_export, bpe_run)
     id_lists = [tok.encode(t) for t in texts] + [[rng.randrange(tok.vocab_size) for _ in range(30)] for _ in range(40)]
     everything = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x110000))) + " it's  _x1 \n\n y"
     out = run_js_tokenizer(node, tmp_path, info, texts, id_lists, everything)
-    for text, ids in zip(texts, out["encoded"]):
+    for text, ids, ordinary in zip(texts, out["encoded"], out["ordinary"]):
         assert ids == tok.encode(text), text
+        assert ordinary == tok.encode_ordinary(text), text  # a special token's spelling stays ordinary text
     for ids, text in zip(id_lists, out["decoded"]):
         assert text == tok.decode(ids), ids  # random ids make invalid UTF-8: U+FFFD in the same places
     assert out["pieces"] == re.findall(tok.pattern, everything)  # the split pattern agrees on every character
@@ -352,6 +419,83 @@ def test_js_char_tokenizer(node, tmp_path, corpus_text):
     assert out["encoded"][:2] == [tok.encode(t) for t in texts[:2]]
     assert out["decoded"] == texts[:2]
     assert "'☃' not in this model's vocabulary" in out["encoded"][2].replace('"', "'")
+
+
+def run_js(node: str, tmp_path: Path, body: str, data) -> object:
+    """Run `body` (JavaScript with `data` in scope and tinyllm.js's exports as T) in Node; returns what it puts in `out`."""
+    shutil.copyfile(REPO / "web" / "tinyllm.js", tmp_path / "tinyllm.mjs")
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    (tmp_path / "run.mjs").write_text(
+        'import { readFileSync, writeFileSync } from "node:fs";\n'
+        'import * as T from "./tinyllm.mjs";\n'
+        'const data = JSON.parse(readFileSync("in.json", "utf8"));\n'
+        f"let out;\n{body}\n"
+        'writeFileSync("out.json", JSON.stringify(out));\n')
+    result = subprocess.run([node, "run.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+
+
+def random_conversation(rng: random.Random, words: list[str]) -> list[dict]:
+    turns = rng.randrange(1, 12)
+    return [{"role": "user" if i % 2 == 0 else "assistant",
+             "content": " ".join(rng.choice(words) for _ in range(rng.randrange(1, 14)))} for i in range(turns)]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_js_fit_context_keeps_the_turns_python_keeps(kind, node, tmp_path, chat_runs):
+    """The page's history policy is fit_context's: the same prompt ids, and the same sentence for a message too long."""
+    tok = tinyllm.load_checkpoint(chat_runs[kind])["tokenizer"]
+    rng = random.Random(0)
+    words = ["hi", "what", "is", "2", "+", "3?", "Tilly", "<|end|>", "<|user|>", "plus", "dandelions.", "two\nlines"]
+    cases = []
+    for _ in range(150):
+        messages = random_conversation(rng, words)
+        if messages[-1]["role"] != "user":
+            messages.append({"role": "user", "content": rng.choice(words)})
+        cases.append({"messages": messages, "block": rng.choice([16, 24, 48, 96]), "reserve": rng.choice([0, 4, 12])})
+    info = {"tokenizer": tok.to_dict(), "split_pattern_js": tinyllm.js_split_pattern(tok.pattern) if kind == "bpe" else None,
+            "chat_tokens": dict(zip(tinyllm.CHAT_TOKENS, tinyllm.chat_token_ids(tok)))}
+    got = run_js(node, tmp_path, "const tok = T.makeTokenizer(data.info);\n"
+                 "out = data.cases.map(({ messages, block, reserve }) => {\n"
+                 "  try { return T.fitContext(tok, data.info.chat_tokens, messages, block, reserve); }\n"
+                 "  catch (e) { return e.message; } });", {"info": info, "cases": cases})
+    dropped = refused = 0
+    for case, ids in zip(cases, got):
+        try:
+            want = tinyllm.fit_context(tok, case["messages"], case["block"], case["reserve"])
+        except ValueError as e:
+            want, refused = str(e), refused + 1
+        assert ids == want, case
+        dropped += isinstance(want, list) and len(want) < len(tinyllm.encode_chat(tok, case["messages"], True)[0])
+    assert dropped > 20 and refused > 5  # both ends of the policy were exercised
+
+
+def test_js_top_p_keeps_the_tokens_python_keeps(node, tmp_path):
+    """sampleToken's nucleus: the tokens it can pick are those sample_token keeps (with top-k too)."""
+    rng = random.Random(0)
+    cases = [{"logits": [rng.gauss(0, 2) for _ in range(12)], "top_k": rng.choice([0, 3, 8]),
+              "top_p": rng.choice([0.1, 0.5, 0.8, 0.95, 1.0]), "temperature": rng.choice([0.5, 1.0, 2.0])}
+             for _ in range(40)]
+    got = run_js(node, tmp_path, "out = data.map((c) => [...new Set(Array.from({ length: 4000 }, (_, i) =>\n"
+                 "  T.sampleToken(Float32Array.from(c.logits), c.temperature, c.top_k, c.top_p, () => (i + 0.5) / 4000)))]"
+                 ".sort((a, b) => a - b));", cases)
+    for case, picked in zip(cases, got):
+        logits = torch.tensor([case["logits"]]) / case["temperature"]
+        kept = set(range(12))
+        if case["top_k"]:
+            kept &= set(torch.topk(logits, case["top_k"]).indices[0].tolist())
+        probs = torch.softmax(logits[0, sorted(kept)], 0)
+        order = sorted(kept)
+        ranked = sorted(zip(probs.tolist(), order), reverse=True)
+        before, nucleus = 0.0, set()
+        for p, i in ranked:
+            if before >= case["top_p"]:
+                break
+            nucleus.add(i)
+            before += p
+        big = {i for p, i in ranked if i in nucleus and p / sum(q for q, j in ranked if j in nucleus) > 1e-3}
+        assert big <= set(picked) <= nucleus, case  # every token kept with a visible share is reached, no other
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -119,19 +119,27 @@ def add_chat(sub) -> None:
     h.set_defaults(func=cmd_chat)
 
 
+INT8_HELP = ("with --onnx or --web: weights in 8 bits (onnxruntime's quantize_dynamic), a quarter of the file; "
+             "see the README for what it costs")
+
+
 def add_export(sub) -> None:
     e = sub.add_parser("export", parents=[CKPT], help="export a checkpoint for Hugging Face transformers, ONNX or a web page",
                        description="Write a checkpoint as a folder that Hugging Face transformers loads as "
                                    "LlamaForCausalLM (--hf; needs: pip install transformers safetensors), as an "
-                                   "ONNX file (--onnx), or as a static web page that generates text in the browser "
-                                   "(--web; both need: pip install onnx). The folder written to must be new, empty "
-                                   "or an earlier export, unless --overwrite.")
+                                   "ONNX file (--onnx), or as a static web page that runs it in the browser, a chat "
+                                   "page for a chat-train model (--web; both need: pip install onnx). The folder of "
+                                   "--hf and --web must be new, empty or an earlier export, unless --overwrite; --onnx "
+                                   "writes its two files into any folder, replacing files of those names only with "
+                                   "--overwrite.")
     to = e.add_mutually_exclusive_group(required=True)
     to.add_argument("--hf", metavar="DIR", help="the Hugging Face folder to write (created if needed)")
     to.add_argument("--onnx", metavar="FILE", help="the ONNX file to write (FILE.onnx, and FILE.json beside it)")
     to.add_argument("--web", metavar="DIR", help="the folder to write the web page into (created if needed)")
     e.add_argument("--overwrite", action="store_true",
-                   help="write into a folder that holds other files (files of the same names are replaced)")
+                   help="write into a folder that holds other files, or over an ONNX file (files of the same names "
+                        "are replaced)")
+    e.add_argument("--int8", action="store_true", help=INT8_HELP)
     e.set_defaults(func=cmd_export)
 
 
@@ -485,6 +493,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def cmd_export(args) -> int:
     if args.hf is None:
         return cmd_export_onnx_or_web(args)
+    if args.int8:
+        raise ValueError("--int8 is for --onnx and --web: a Hugging Face export keeps its weights in float32")
     out = export_hf(args.ckpt, args.hf, overwrite=args.overwrite)
     print(f"exported {args.ckpt} to {out}. In Python: from transformers import AutoModelForCausalLM, "
           f"AutoTokenizer; model = AutoModelForCausalLM.from_pretrained({str(out)!r})")
@@ -493,14 +503,15 @@ def cmd_export(args) -> int:
 
 def cmd_export_onnx_or_web(args) -> int:
     if args.onnx:
-        out = export_onnx(args.ckpt, args.onnx, overwrite=args.overwrite)
+        out = export_onnx(args.ckpt, args.onnx, overwrite=args.overwrite, int8=args.int8)
         print(f"exported {args.ckpt} to {out} and {out.with_suffix('.json')}. In Python: import onnxruntime; "
               f"session = onnxruntime.InferenceSession({str(out)!r}); "
               "logits = session.run(None, {'idx': ids})[0]  # ids: (1, T) int64, T <= block_size")
         return 0
-    out = export_web(args.ckpt, args.web, overwrite=args.overwrite)
+    out = export_web(args.ckpt, args.web, overwrite=args.overwrite, int8=args.int8)
     offline = (out / ORT_WEB_FILES[0]).is_file()
-    print(f"exported {args.ckpt} as a web page in {out} ("
+    page = "a chat page" if (out / "chat.js").is_file() else "a web page"
+    print(f"exported {args.ckpt} as {page} in {out} ("
           + ("onnxruntime-web included, works offline" if offline else
              "onnxruntime-web loads from a CDN; run `npm ci --prefix web` first to include it") +
           f"). See it: python -m http.server -d {out}, then open http://localhost:8000")

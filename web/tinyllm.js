@@ -1,17 +1,21 @@
-// tinyllm in the browser. The model (model.onnx: new token ids and the KV cache -> logits and the new
-// cache) runs in onnxruntime-web; the tokenizer and the sampling loop are tinyllm.py's, written again
-// in JavaScript. model.json holds the config and the tokenizer. index.html?prompt=TEXT&tokens=N&temperature=T&top_k=K&seed=S generates
-// on load, and the page's state (loading, ready, running, done, error) is in <body data-state>.
+// tinyllm in the browser: what both pages share (page.js continues a prompt, chat.js holds a
+// conversation). The model (model.onnx: new token ids and the KV cache -> logits and the new cache)
+// runs in onnxruntime-web; the tokenizers, the sampling loop and the chat template are tinyllm.py's,
+// written again in JavaScript. model.json holds the config and the tokenizer (and a chat model's
+// three chat tokens). Nothing here runs on import, so Node can import it for the tests.
 
-const ORT_VERSION = "1.30.0"; // onnxruntime-web, as pinned in package.json
+export const ORT_VERSION = "1.30.0"; // onnxruntime-web, as pinned in package.json
 const CDN = `https://cdn.jsdelivr.net/npm/onnxruntime-web@${ORT_VERSION}/dist/`;
 
 // ---- Tokenizers: tinyllm.py's CharTokenizer and BPETokenizer -----------------------------------
 
 export class CharTokenizer {
-  constructor({ chars }) {
+  // One token per character, then the special tokens (a chat model's three) after them. encode only
+  // ever gives characters, as in tinyllm.py: no typed text becomes a special token.
+  constructor({ chars, special_tokens = [] }) {
     this.chars = [...chars]; // by code point, as Python counts characters
     this.ids = new Map(this.chars.map((c, i) => [c, i]));
+    this.itos = [...this.chars, ...special_tokens];
   }
 
   encode(text) {
@@ -23,8 +27,12 @@ export class CharTokenizer {
     return [...text].map((c) => this.ids.get(c));
   }
 
+  encodeOrdinary(text) {
+    return this.encode(text);
+  }
+
   decode(ids) {
-    return ids.map((i) => this.chars[i]).join("");
+    return ids.map((i) => this.itos[i]).join("");
   }
 }
 
@@ -69,8 +77,15 @@ export class BPETokenizer {
     const ids = [];
     for (const part of this.specialSplit ? text.split(this.specialSplit) : [text]) {
       if (this.special.has(part)) ids.push(this.special.get(part));
-      else for (const [chunk] of part.matchAll(this.split)) ids.push(...this.encodeChunk(chunk));
+      else ids.push(...this.encodeOrdinary(part));
     }
+    return ids;
+  }
+
+  encodeOrdinary(text) {
+    // The text as plain text: a special token's spelling ("<|end|>") becomes ordinary tokens.
+    const ids = [];
+    for (const [chunk] of text.matchAll(this.split)) ids.push(...this.encodeChunk(chunk));
     return ids;
   }
 
@@ -94,17 +109,34 @@ export function makeTokenizer(info) {
 
 // ---- Sampling: tinyllm.py's sample_token and generate -----------------------------------------
 
-export function sampleToken(logits, temperature, topK, random) {
+export function sampleToken(logits, temperature, topK, topP, random) {
   // temperature 0 is greedy (the first of equal maxima, as torch.argmax); otherwise sample from
-  // softmax(logits / temperature), over the top_k most likely tokens if topK > 0.
+  // softmax(logits / temperature), over the topK most likely tokens if topK > 0, and over the fewest
+  // most likely ones whose probability reaches topP if topP < 1 (nucleus sampling).
   if (temperature === 0) return logits.reduce((best, x, i) => (x > logits[best] ? i : best), 0);
   const scaled = Array.from(logits, (x) => x / temperature);
   const kth = topK > 0 ? [...scaled].sort((a, b) => b - a)[Math.min(topK, scaled.length) - 1] : -Infinity;
   const max = scaled.reduce((a, b) => Math.max(a, b));
-  const weights = scaled.map((x) => (x < kth ? 0 : Math.exp(x - max)));
+  let weights = scaled.map((x) => (x < kth ? 0 : Math.exp(x - max)));
+  if (topP < 1) weights = nucleus(weights, topP);
   let r = random() * weights.reduce((a, b) => a + b);
   for (let i = 0; i < weights.length; i++) if ((r -= weights[i]) < 0) return i;
   return weights.findLastIndex((w) => w > 0); // rounding left r just above zero
+}
+
+function nucleus(weights, topP) {
+  // Keep the most likely tokens while the probability of those before them is below topP, as
+  // tinyllm.py's sample_token does; the others get weight 0.
+  const total = weights.reduce((a, b) => a + b);
+  const order = weights.map((_, i) => i).sort((a, b) => weights[b] - weights[a]);
+  const kept = new Array(weights.length).fill(0);
+  let before = 0;
+  for (const i of order) {
+    if (before / total >= topP) break;
+    kept[i] = weights[i];
+    before += weights[i];
+  }
+  return kept;
 }
 
 export function seededRandom(seed) {
@@ -131,7 +163,48 @@ export async function* generateTokens(step, ids, maxNewTokens, blockSize, pick) 
   }
 }
 
-// ---- The page ----------------------------------------------------------------------------------
+
+// ---- The chat template: tinyllm.py's encode_chat, fit_context and chat ----------------------
+
+const PY_SPACE = /^[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/u;
+
+export function isBlank(text) {
+  // Whether Python's text.strip() would be empty (JavaScript's trim() has another idea of whitespace).
+  return PY_SPACE.test(text);
+}
+
+export function encodeTurn(tokenizer, chatTokens, { role, content }) {
+  // A message: its speaker's token, its text as ordinary characters, then <|end|>, the tokens by id.
+  const speaker = chatTokens[role === "user" ? "<|user|>" : "<|assistant|>"];
+  return [speaker, ...tokenizer.encodeOrdinary(content), chatTokens["<|end|>"]];
+}
+
+export function fitContext(tokenizer, chatTokens, messages, blockSize, reserve) {
+  // The prompt for the next reply: the newest turns that fit, each one whole, starting with a user
+  // turn, `reserve` tokens kept free for the reply; a newest turn too long on its own is refused.
+  const turns = messages.map((m) => encodeTurn(tokenizer, chatTokens, m));
+  const room = blockSize - reserve - 1; // 1: the <|assistant|> token that opens the reply
+  const newest = turns[turns.length - 1];
+  if (newest.length > room) {
+    throw new Error(`the message is ${newest.length - 2} tokens long, but this model's context of ${blockSize} ` +
+      `tokens has room for ${room - 2} (the rest is kept for the reply): write a shorter one`);
+  }
+  let first = turns.length, used = 0;
+  while (first > 0 && used + turns[first - 1].length <= room) used += turns[--first].length;
+  while (messages[first].role !== "user") first++;
+  return [...turns.slice(first).flat(), chatTokens["<|assistant|>"]];
+}
+
+export async function* chatReply(step, prompt, settings, blockSize, chatTokens, pick) {
+  // The reply's tokens as they come, up to settings.tokens; it ends before <|end|> (or any chat token).
+  const stops = new Set(Object.values(chatTokens));
+  for await (const token of generateTokens(step, prompt, settings.tokens, blockSize, pick)) {
+    if (stops.has(token)) return;
+    yield token;
+  }
+}
+
+// ---- In the page: the runtime, the model, the settings -------------------------------------------
 
 const $ = (id) => document.getElementById(id);
 
@@ -147,20 +220,11 @@ async function loadRuntime() {
   return ort;
 }
 
-function readSettings() {
-  const temperature = Number($("temperature").value), topK = Number($("top-k").value);
-  const tokens = Number($("tokens").value);
-  if (!(temperature >= 0)) throw new Error(`temperature must be >= 0 (0 means greedy), got ${$("temperature").value}`);
-  if (!Number.isInteger(topK) || topK < 0) throw new Error(`top-k must be a whole number >= 0 (0: off), got ${$("top-k").value}`);
-  if (!Number.isInteger(tokens) || tokens < 1) throw new Error(`tokens must be a whole number >= 1, got ${$("tokens").value}`);
-  return { temperature, topK, tokens };
-}
-
 function cachedStep(ort, session, cacheShape) {
   // One call of model.onnx (tinyllm.py's CachedForward): the new tokens in, their logits out. The
-  // cache, and how many tokens it has seen, stay in here from one call to the next.
-  const zeros = () => new ort.Tensor("float32", new Float32Array(cacheShape.reduce((a, b) => a * b)), cacheShape);
-  let kCache = zeros(), vCache = zeros(), seen = 0;
+  // cache (empty at first: cacheShape has 0 tokens), and how many tokens it has seen, stay in here.
+  const empty = () => new ort.Tensor("float32", new Float32Array(0), cacheShape);
+  let kCache = empty(), vCache = empty(), seen = 0;
   return async (tokens) => {
     const idx = new ort.Tensor("int64", BigInt64Array.from(tokens, BigInt), [1, tokens.length]);
     const out = await session.run({ idx, seen: new ort.Tensor("int64", BigInt64Array.of(BigInt(seen)), []), k_cache: kCache, v_cache: vCache });
@@ -169,66 +233,53 @@ function cachedStep(ort, session, cacheShape) {
   };
 }
 
-async function run(newStep, tokenizer, blockSize, prompt, seed) {
-  const output = $("output");
-  document.body.dataset.state = "running";
-  $("generate").disabled = true;
-  try {
-    const { temperature, topK, tokens } = readSettings();
-    const ids = tokenizer.encode(prompt);
-    if (!ids.length) throw new Error("the prompt is empty: give at least one character");
-    const random = seed === null ? Math.random : seededRandom(Number(seed));
-    const pick = (logits) => sampleToken(logits, temperature, topK, random);
-    const generated = [];
-    const start = performance.now();
-    let shown = start;
-    output.textContent = prompt;
-    for await (const token of generateTokens(newStep(), ids, tokens, blockSize, pick)) {
-      generated.push(token);
-      // Hold back a trailing U+FFFD: a BPE token can be half a character, the next one completes it.
-      output.textContent = prompt + tokenizer.decode(generated).replace(/\uFFFD+$/, "");
-      const now = performance.now(), seconds = (now - start) / 1000;
-      $("stats").textContent = `${generated.length} tokens` + (seconds > 0 ? `, ${(generated.length / seconds).toFixed(1)} tokens/s` : "");
-      if (now - shown > 50) { // let the page paint now and then
-        await new Promise((resolve) => setTimeout(resolve));
-        shown = now;
-      }
-    }
-    output.textContent = prompt + tokenizer.decode(generated);
-    document.body.dataset.state = "done";
-  } catch (error) {
-    output.textContent = String(error.message ?? error);
-    document.body.dataset.state = "error";
-  } finally {
-    $("generate").disabled = false;
-  }
+export async function loadModel() {
+  // model.json and model.onnx from beside the page: {info, tokenizer, blockSize, newStep}, where
+  // newStep() gives a step function with a cache of its own (one per generation, or per reply).
+  const info = await fetch("model.json").then((r) => (r.ok ? r.json() : Promise.reject(new Error(`model.json: HTTP ${r.status}`))));
+  const ort = await loadRuntime();
+  const session = await ort.InferenceSession.create("model.onnx");
+  const tokenizer = makeTokenizer(info);
+  return { info, tokenizer, blockSize: info.config.block_size, newStep: () => cachedStep(ort, session, info.cache_shape) };
 }
 
-async function main() {
-  try {
-    const info = await fetch("model.json").then((r) => (r.ok ? r.json() : Promise.reject(new Error(`model.json: HTTP ${r.status}`))));
-    const ort = await loadRuntime();
-    const session = await ort.InferenceSession.create("model.onnx");
-    const tokenizer = makeTokenizer(info);
-    const blockSize = info.config.block_size;
-    const newStep = () => cachedStep(ort, session, info.cache_shape);
-    $("about").textContent = `A tiny language model of ${info.parameters.toLocaleString("en")} parameters, trained ` +
-      `from scratch with tinyllm, generating text in your browser (context: ${blockSize} tokens, ` +
-      `${info.tokenizer.type === "char" ? "one per character" : "byte-level BPE"}).`;
-    const params = new URLSearchParams(location.search);
-    for (const [name, id] of [["prompt", "prompt"], ["temperature", "temperature"], ["top_k", "top-k"], ["tokens", "tokens"]]) {
-      if (params.has(name)) $(id).value = params.get(name);
-    }
-    $("generate").onclick = () => run(newStep, tokenizer, blockSize, $("prompt").value, params.get("seed"));
-    $("generate").disabled = false;
-    $("output").textContent = "";
-    document.body.dataset.state = "ready";
-    // The URL's prompt as it is (a textarea would turn "\r\n" into "\n").
-    if (params.has("prompt")) await run(newStep, tokenizer, blockSize, params.get("prompt"), params.get("seed"));
-  } catch (error) {
-    $("output").textContent = `could not load the model: ${error.message ?? error}`;
-    document.body.dataset.state = "error";
-  }
+export function describeModel({ info, blockSize }, doing) {
+  return `A tiny language model of ${info.parameters.toLocaleString("en")} parameters` +
+    `${info.int8 ? " (weights in 8 bits)" : ""}, trained from scratch with tinyllm, ${doing} in your browser ` +
+    `(context: ${blockSize} tokens, ${info.tokenizer.type === "char" ? "one per character" : "byte-level BPE"}).`;
 }
 
-if (typeof document !== "undefined") main(); // in a page; Node imports the functions above for the tests
+export function applyUrlSettings(params, names) {
+  // The URL's settings into their inputs: names maps a URL parameter to an input's id.
+  for (const [name, id] of Object.entries(names)) if (params.has(name)) $(id).value = params.get(name);
+}
+
+export function readSettings() {
+  // The sampling settings from the page's inputs (the same ids on both pages), checked.
+  const value = (id) => $(id).value.trim();
+  const temperature = Number(value("temperature")), topK = Number(value("top-k")), tokens = Number(value("tokens"));
+  const topP = value("top-p") === "" ? 1 : Number(value("top-p"));
+  if (!(temperature >= 0)) throw new Error(`temperature must be >= 0 (0 means greedy), got ${value("temperature")}`);
+  if (!Number.isInteger(topK) || topK < 0) throw new Error(`top-k must be a whole number >= 0 (0: off), got ${value("top-k")}`);
+  if (!(topP > 0 && topP <= 1)) throw new Error(`top-p must be above 0 and at most 1 (1: off), got ${value("top-p")}`);
+  if (!Number.isInteger(tokens) || tokens < 1) throw new Error(`tokens must be a whole number >= 1, got ${value("tokens")}`);
+  return { temperature, topK, topP, tokens };
+}
+
+export function picker(settings, random) {
+  return (logits) => sampleToken(logits, settings.temperature, settings.topK, settings.topP, random);
+}
+
+export function shownText(tokenizer, ids) {
+  // The text so far, without a trailing U+FFFD: a BPE token can be half a character, the next one completes it.
+  return tokenizer.decode(ids).replace(/\uFFFD+$/, "");
+}
+
+export function rate(count, start) {
+  const seconds = (performance.now() - start) / 1000;
+  return `${count} tokens` + (seconds > 0 ? `, ${(count / seconds).toFixed(1)} tokens/s` : "");
+}
+
+export function letPaint() {
+  return new Promise((resolve) => setTimeout(resolve));
+}
