@@ -1,0 +1,447 @@
+"""The tinyllm speedrun: how low can the validation loss go in 100 s on 2 CPU cores (or 60 s on one GPU)?
+
+    python bench/speedrun.py                                   # the cpu preset, 100 s, 3 seeds
+    python bench/speedrun.py --configs baseline,muon           # two configurations, interleaved A, B, A, B
+    python bench/speedrun.py --ladder --budget 100 --seeds 3   # every rung of bench/ladder.py
+    python bench/speedrun.py --ladder --steps 2000             # the same at equal steps (robust to load)
+    python bench/speedrun.py --timing --configs baseline,bf16  # step-time ratios, interleaved bursts
+    python bench/speedrun.py --track gpu                       # the 9m class on one GPU: 60 s, time to 1.47
+    python bench/speedrun.py --report                          # tables and figure from bench/results/
+
+CPU track: 2 threads, training clock of 100 s (evaluations pause it; compilation and everything else in a
+step count), scored on the WHOLE validation split in nats/char. Evaluations every 50 steps on 256 evenly
+spaced windows of the split give the time at which a run first reached 1.90 and 1.70. Every run is one
+JSON line in bench/results/speedrun.jsonl, with the machine's load average at its start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import tinyllm
+
+try:
+    from bench import ladder  # imported from the repository root (the tests)
+except ImportError:
+    import ladder  # run as a script: bench/ is on sys.path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results" / "speedrun.jsonl"
+SEEDS = (1337, 1338, 1339, 1340, 1341)
+
+
+@dataclass(frozen=True)
+class Track:
+    """What a speedrun track fixes: the preset, the device, the clock and the loss thresholds it times."""
+
+    name: str
+    preset: str
+    device: str
+    threads: Optional[int]
+    budget_s: float
+    thresholds: tuple[float, ...]
+    eval_interval: int = 50
+    eval_windows: int = 256
+
+
+TRACKS = {
+    "cpu": Track("cpu", "cpu", "cpu", 2, 100.0, (1.90, 1.70)),
+    "gpu": Track("gpu", "9m", "cuda", None, 60.0, (1.47,)),
+}
+
+
+def machine() -> dict:
+    """Which computer ran it: the lscpu model name and flags that matter, cores, torch, the commit."""
+    info = {"cpu": "unknown", "cores": os.cpu_count(), "torch": torch.__version__, "bf16_instructions": False}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith("Flags"):
+                info["bf16_instructions"] = "avx512_bf16" in line or "amx_bf16" in line
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True,
+                                        text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["commit"] = "unknown"
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """TinyShakespeare, character tokens, Part I's 90/10 split."""
+    text = tinyllm.load_text("shakespeare")
+    tok = tinyllm.CharTokenizer.from_text(text)
+    train_ids, val_ids, _ = tinyllm.prepare_data(text, tok)
+    return torch.tensor(train_ids), torch.tensor(val_ids), tok.vocab_size
+
+
+class Trainer:
+    """One variant, ready to train: model, the network that runs the steps (compiled or not), optimizer.
+
+    The loop is Part I's: get_batch, forward_backward, clip, step; the LR from lr_at. It lives here rather
+    than in tinyllm.train because the ladder swaps the optimizer, the batch size and the precision.
+    """
+
+    def __init__(self, variant: ladder.Variant, track: Track, vocab_size: int, seed: int, total_steps: int,
+                 model_overrides: Optional[dict] = None):
+        preset = tinyllm.check_preset(track.preset)
+        self.variant, self.device = variant, torch.device(track.device)
+        tinyllm.seed_everything(seed)
+        self.cfg = tinyllm.ModelConfig.from_preset(track.preset, vocab_size, **(model_overrides or {}))
+        self.config = tinyllm.TrainConfig(**{**preset["train"], **variant.train, "max_steps": total_steps,
+                                             "max_time": None, "device": track.device, "seed": seed})
+        self.model = ladder.build_model(variant, self.cfg).to(self.device).train()
+        self.net = torch.compile(self.model) if variant.compile else self.model
+        self.optimizer = ladder.build_optimizer(variant, self.model, self.config)
+        self.amp = torch.bfloat16 if variant.bf16 or track.device == "cuda" else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def step(self, train_ids: torch.Tensor, step: int, progress: float) -> float:
+        """One optimizer step at the schedule's LR; returns the training loss."""
+        lr = tinyllm.lr_at(step, progress, self.config)
+        batch = tinyllm.get_batch(train_ids, ladder.batch_size_at(self.variant, self.config, progress),
+                                  self.cfg.block_size, self.generator, self.device)
+        loss = tinyllm.forward_backward(self.net, self.scaler, [batch], self.amp).item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{self.variant.name}: the loss became {loss} at step {step}")
+        ladder.set_lr(self.optimizer, lr)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def evaluate(self, val_ids: torch.Tensor, windows: Optional[int]) -> float:
+        """Part I's evaluate, in float32, on the uncompiled model (same weights); None: the whole split."""
+        return tinyllm.evaluate(self.model, val_ids, self.cfg.block_size, 64, windows)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_run(variant: ladder.Variant, track: Track, data: tuple, seed: int, budget_s: Optional[float],
+              steps: Optional[int], model_overrides: Optional[dict] = None) -> dict:
+    """One run, by the training clock (budget_s) or for a fixed number of steps; the history of evaluations.
+
+    The clock counts only training steps (compilation included), not evaluations, so that evaluating
+    often enough to time the thresholds costs the run nothing.
+    """
+    train_ids, val_ids, vocab = data
+    trainer = Trainer(variant, track, vocab, seed, steps or 10**9, model_overrides)
+    load_start, clock, step, history, recent = os.getloadavg(), 0.0, 0, [], []
+    while not (steps and step >= steps) and not (budget_s and clock >= budget_s):
+        progress = step / steps if steps else clock / budget_s
+        t = time.perf_counter()
+        recent.append(trainer.step(train_ids, step, progress))
+        sync(trainer.device)
+        clock += time.perf_counter() - t
+        step += 1
+        if step % track.eval_interval == 0:
+            history.append(eval_row(trainer, val_ids, track.eval_windows, step, clock, recent))
+            recent = []
+    final = eval_row(trainer, val_ids, None, step, clock, recent)
+    history.append(final)
+    return run_record(variant, track, seed, budget_s, steps, trainer, history, load_start)
+
+
+def eval_row(trainer: Trainer, val_ids: torch.Tensor, windows: Optional[int], step: int, clock: float,
+             recent: list[float]) -> dict:
+    return {"step": step, "seconds": round(clock, 2), "val_loss": round(trainer.evaluate(val_ids, windows), 4),
+            "train_loss": round(sum(recent) / max(len(recent), 1), 4), "windows": windows or "all"}
+
+
+def first_below(history: list[dict], threshold: float) -> Optional[dict]:
+    """The first evaluation at or below the threshold: its training-clock seconds and step (None: never)."""
+    for row in history:
+        if row["val_loss"] <= threshold:
+            return {"seconds": row["seconds"], "step": row["step"]}
+    return None
+
+
+def run_record(variant: ladder.Variant, track: Track, seed: int, budget_s: Optional[float],
+               steps: Optional[int], trainer: Trainer, history: list[dict], load_start: tuple) -> dict:
+    """Everything one run measured, as one JSON line: what ran, on what, under which load, with what result."""
+    final = history[-1]
+    return {
+        "kind": "run", "track": track.name, "mode": "steps" if steps else "budget", "budget_s": budget_s,
+        "steps_target": steps, "variant": variant.name, "why": variant.why, "seed": seed,
+        "params": trainer.model.num_params(), "steps": final["step"], "train_s": final["seconds"],
+        "val_loss": final["val_loss"], "best_val": min(r["val_loss"] for r in history),
+        "first_below": {f"{t:.2f}": first_below(history, t) for t in track.thresholds},
+        "threads": torch.get_num_threads(), "load_start": [round(x, 2) for x in load_start],
+        "load_end": [round(x, 2) for x in os.getloadavg()], "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "history": history,
+    }
+
+
+def append(record: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def run_interleaved(variants: list[ladder.Variant], track: Track, seeds: list[int], budget_s: Optional[float],
+                    steps: Optional[int], out: Path, session: str) -> list[dict]:
+    """Seed by seed, every variant in turn (A, B, A, B, ...), so that a busy spell hurts all alike."""
+    data = load_data(torch.device(track.device))
+    info, records = machine(), []
+    for seed in seeds:
+        for variant in variants:
+            record = {**train_run(variant, track, data, seed, budget_s, steps), "session": session, **info}
+            append(record, out)
+            records.append(record)
+            print(run_line(record), flush=True)
+    return records
+
+
+def run_line(r: dict) -> str:
+    times = "  ".join(f"<={t}: {v['seconds']:.1f}s" if v else f"<={t}: never" for t, v in r["first_below"].items())
+    return (f"{r['variant']:<24} seed {r['seed']}  steps {r['steps']:>5}  {r['train_s']:6.1f}s  "
+            f"val {r['val_loss']:.4f}  {times}  load {r['load_start'][0]:.2f}->{r['load_end'][0]:.2f}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Step-time ratios: short bursts of every variant in turn, the same load for all
+# ----------------------------------------------------------------------------------------------
+
+def warm_up(trainer: Trainer, train_ids: torch.Tensor, n: int = 6) -> float:
+    """A few steps across the whole schedule (both batch sizes of a ramp), so compilation is done; seconds."""
+    t = time.perf_counter()
+    for i in range(n):
+        trainer.step(train_ids, 1000 + i, i / (n - 1))
+    sync(trainer.device)
+    return time.perf_counter() - t
+
+
+def burst(trainer: Trainer, train_ids: torch.Tensor, n: int) -> float:
+    """Mean seconds per step over n steps whose progress sweeps 0 -> 1 (a ramp's mix of batch sizes)."""
+    t = time.perf_counter()
+    for i in range(n):
+        trainer.step(train_ids, 1000 + i, i / n)
+    sync(trainer.device)
+    return (time.perf_counter() - t) / n
+
+
+def timing(variants: list[ladder.Variant], track: Track, rounds: int, steps: int, out: Path,
+           session: str) -> list[dict]:
+    """Step time of every variant relative to the first (the baseline): the ratio of median burst times.
+
+    Bursts run round-robin (A, B, C, A, B, C, ...), so a busy spell lands on every variant alike; the
+    per-round ratios give the spread. Warm-up (for torch.compile: the compilation) is reported apart.
+    """
+    train_ids, _, vocab = load_data(torch.device(track.device))
+    load_start = os.getloadavg()
+    trainers = [Trainer(v, track, vocab, 0, steps) for v in variants]
+    warm = [warm_up(tr, train_ids) for tr in trainers]
+    times: list[list[float]] = [[] for _ in variants]
+    for _ in range(rounds):
+        for i, tr in enumerate(trainers):
+            times[i].append(burst(tr, train_ids, steps))
+    base = statistics.median(times[0])
+    info, records = machine(), []
+    for v, tr, w, ts in zip(variants, trainers, warm, times):
+        per_round = [t / b for t, b in zip(ts, times[0])]
+        record = {"kind": "timing", "track": track.name, "variant": v.name, "session": session,
+                  "step_s": [round(t, 5) for t in ts], "median_step_s": round(statistics.median(ts), 5),
+                  "ratio": round(statistics.median(ts) / base, 3), "ratio_range": [round(min(per_round), 3),
+                  round(max(per_round), 3)], "warmup_s": round(w, 2), "burst_steps": steps, "rounds": rounds,
+                  "threads": torch.get_num_threads(), "load_start": [round(x, 2) for x in load_start],
+                  "load_end": [round(x, 2) for x in os.getloadavg()], "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  **info}
+        append(record, out)
+        records.append(record)
+        print(f"{v.name:<24} {record['median_step_s'] * 1000:7.1f} ms/step  ratio {record['ratio']:.3f} "
+              f"(rounds {record['ratio_range'][0]:.3f}-{record['ratio_range'][1]:.3f})  warm-up {w:.1f}s")
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries: mean +- std per variant, the difference from the baseline, and the figure
+# ----------------------------------------------------------------------------------------------
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """Per variant: val mean +- std, steps, threshold times, and the paired difference from the baseline.
+
+    "beyond noise" means the difference of the means exceeds twice the larger of the two standard
+    deviations (the spread of single runs), a stricter test than the standard error of the difference.
+    """
+    by_variant: dict[str, list[dict]] = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], []).append(r)
+    base = by_variant.get("baseline", [])
+    base_val = {r["seed"]: r["val_loss"] for r in base}
+    rows = []
+    for name, rs in by_variant.items():
+        mean, std = mean_std([r["val_loss"] for r in rs])
+        paired = [r["val_loss"] - base_val[r["seed"]] for r in rs if r["seed"] in base_val]
+        row = {"variant": name, "n": len(rs), "mean": mean, "std": std,
+               "steps": statistics.fmean(r["steps"] for r in rs), "train_s": statistics.fmean(r["train_s"] for r in rs),
+               "load": [min(r["load_start"][0] for r in rs), max(r["load_end"][0] for r in rs)],
+               "first_below": {t: mean_first([r["first_below"][t] for r in rs]) for t in rs[0]["first_below"]}}
+        if paired and name != "baseline":
+            b_mean, b_std = mean_std(list(base_val.values()))
+            row["diff"] = mean - b_mean
+            row["paired_diff"] = mean_std(paired)
+            row["beyond_noise"] = abs(mean - b_mean) > 2 * max(std, b_std)
+        rows.append(row)
+    return rows
+
+
+def mean_first(hits: list[Optional[dict]]) -> Optional[float]:
+    """Mean seconds to a threshold, or None unless every seed reached it."""
+    return None if any(h is None for h in hits) else statistics.fmean(h["seconds"] for h in hits)
+
+
+def print_summary(rows: list[dict], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'variant':<28} {'n':>2} {'val mean':>9} {'std':>7} {'diff':>8} {'beyond 2σ':>9} {'steps':>7} "
+          f"{'train s':>8}  first at/below (s)")
+    for row in rows:
+        diff = f"{row['diff']:+.4f}" if "diff" in row else ""
+        flag = ("yes" if row["beyond_noise"] else "no") if "diff" in row else ""
+        firsts = "  ".join(f"{t}: {v:.1f}" if v is not None else f"{t}: -" for t, v in row["first_below"].items())
+        print(f"{row['variant']:<28} {row['n']:>2} {row['mean']:>9.4f} {row['std']:>7.4f} {diff:>8} {flag:>9} "
+              f"{row['steps']:>7.0f} {row['train_s']:>8.1f}  {firsts}")
+
+
+def read_records(path: Path, **match) -> list[dict]:
+    """The JSONL records whose fields equal `match` (e.g. mode="steps", steps_target=2000)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def plot(panels: list[tuple[str, list[dict]]], out_png: Path) -> None:
+    """One panel per measurement kind: val mean +- std per variant, the baseline's mean and its 2σ band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 0.42 * max(len(r) for _, r in panels) + 1.6),
+                             squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels):
+        names = [r["variant"] for r in rows][::-1]
+        means = [r["mean"] for r in rows][::-1]
+        stds = [0.0 if math.isnan(r["std"]) else r["std"] for r in rows][::-1]
+        colors = ["black" if n == "baseline" else "tab:green" if r.get("beyond_noise") and r["diff"] < 0
+                  else "tab:red" if r.get("beyond_noise") else "tab:gray" for n, r in zip(names, rows[::-1])]
+        ax.errorbar(means, range(len(names)), xerr=stds, fmt="none", ecolor=colors, capsize=3)
+        ax.scatter(means, range(len(names)), c=colors, zorder=3)
+        base = next((r for r in rows if r["variant"] == "baseline"), None)
+        if base is not None:
+            ax.axvline(base["mean"], color="black", lw=0.8)
+            if not math.isnan(base["std"]):
+                ax.axvspan(base["mean"] - 2 * base["std"], base["mean"] + 2 * base["std"], color="black", alpha=0.08)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("validation loss, whole split (nats/char; lower is better)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    print(f"figure: {out_png}")
+
+
+def panel_title(label: str, rows: list[dict]) -> str:
+    lo = min(r["load"][0] for r in rows)
+    hi = max(r["load"][1] for r in rows)
+    n = max(r["n"] for r in rows)
+    return f"{label}\n{n} seeds; 1-min load average {lo:.2f}-{hi:.2f} (green/red: beyond 2σ of the baseline)"
+
+
+def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Optional[Path], track: str) -> None:
+    """Tables (and the figure) from the JSONL: equal steps and/or wall clock, and the latest step-time ratios."""
+    panels = []
+    if steps:
+        rows = summarise(read_records(path, kind="run", track=track, mode="steps", steps_target=steps))
+        if rows:
+            print_summary(rows, f"equal steps: {steps} steps each")
+            panels.append((panel_title(f"equal steps ({steps} each)", rows), rows))
+    if budget:
+        rows = summarise(read_records(path, kind="run", track=track, mode="budget", budget_s=budget))
+        if rows:
+            print_summary(rows, f"wall clock: {budget:g} s of training each")
+            panels.append((panel_title(f"wall clock ({budget:g} s of training each)", rows), rows))
+    timings = read_records(path, kind="timing", track=track)
+    if timings:
+        latest = {}
+        for r in timings:
+            latest[r["variant"]] = r
+        print("\nstep time relative to the baseline (latest timing session of each variant)")
+        for name, r in latest.items():
+            print(f"{name:<28} {r['ratio']:.3f} (rounds {r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f}) "
+                  f"{r['median_step_s'] * 1000:.1f} ms/step  warm-up {r['warmup_s']:.1f}s  load {r['load_start'][0]:.2f}")
+    if figure and panels:
+        plot(panels, figure)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--track", choices=sorted(TRACKS), default="cpu")
+    p.add_argument("--configs", default="baseline", help="comma-separated variants of bench/ladder.py; "
+                   "join changes with '+' (muon+relu2)")
+    p.add_argument("--ladder", action="store_true", help="the baseline and every rung of the ladder")
+    p.add_argument("--budget", type=float, default=None, help="seconds of training (default: the track's)")
+    p.add_argument("--steps", type=int, default=None, help="train a fixed number of steps instead of a budget")
+    p.add_argument("--seeds", type=int, default=3, help=f"how many seeds, from {SEEDS[0]} on (at most {len(SEEDS)})")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the track's; cpu: 2)")
+    p.add_argument("--timing", action="store_true", help="step-time ratios instead of runs")
+    p.add_argument("--rounds", type=int, default=5, help="timing: rounds of bursts")
+    p.add_argument("--burst", type=int, default=30, help="timing: steps per burst")
+    p.add_argument("--report", action="store_true", help="print the tables from the results file; no training")
+    p.add_argument("--figure", type=Path, default=None, help="with --report: write the ladder figure (PNG)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="the JSONL file results go to (and --report reads)")
+    p.add_argument("--session", default=None, help="a label stored with every record (default: the start time)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    track = TRACKS[args.track]
+    if args.report:
+        report(args.out, args.steps, args.budget or (None if args.steps else track.budget_s), args.figure, track.name)
+        return
+    if track.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("the gpu track needs a CUDA GPU, and this machine has none")
+    threads = args.threads or track.threads
+    if threads:
+        torch.set_num_threads(threads)
+    names = list(ladder.VARIANTS) if args.ladder else args.configs.split(",")
+    variants = [ladder.get_variant(n) for n in names]
+    session = args.session or time.strftime("%Y%m%d-%H%M%S")
+    if args.timing:
+        timing(variants, track, args.rounds, args.burst, args.out, session)
+        return
+    if not 1 <= args.seeds <= len(SEEDS):
+        raise SystemExit(f"--seeds must be between 1 and {len(SEEDS)}")
+    budget = None if args.steps else (args.budget or track.budget_s)
+    records = run_interleaved(variants, track, list(SEEDS[:args.seeds]), budget, args.steps, args.out, session)
+    label = f"{args.steps} steps each" if args.steps else f"{budget:g} s of training each"
+    print_summary(summarise(records), f"{track.name} track, {label}, {threads or 'default'} threads, session {session}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The speedrun's ablation ladder (bench/ladder.py) and its loop (bench/speedrun.py), on the tiny preset.
+
+Fast checks, no timing asserts: every rung builds, gives logits of the right shape and a finite loss,
+trains a few steps; squared ReLU has exactly SwiGLU's parameters; the ladder's rewritten forward is
+Part I's forward when no change is switched on; Muon drives the weight matrices and AdamW the rest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tinyllm
+from bench import ladder, speedrun
+
+TINY = speedrun.Track("tiny", "tiny", "cpu", None, 5.0, (3.0,), eval_interval=3, eval_windows=4)
+
+
+def tiny_cfg(**overrides) -> tinyllm.ModelConfig:
+    return tinyllm.ModelConfig.from_preset("tiny", 40, **overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(corpus_text: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    tok = tinyllm.CharTokenizer.from_text(corpus_text)
+    train_ids, val_ids, _ = tinyllm.prepare_data(corpus_text, tok)
+    return torch.tensor(train_ids), torch.tensor(val_ids), tok.vocab_size
+
+
+RUNG_NAMES = [n for n in ladder.VARIANTS if n != "compile"]  # compile: built but not run here (slow to compile)
+
+
+@pytest.mark.parametrize("name", list(ladder.VARIANTS))
+def test_every_rung_builds_and_gives_the_right_shapes(name: str) -> None:
+    variant = ladder.get_variant(name)
+    torch.manual_seed(0)
+    model = ladder.build_model(variant, tiny_cfg())
+    idx = torch.randint(0, 40, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, 40)
+    assert loss is not None and math.isfinite(loss.item())
+    optimizer = ladder.build_optimizer(variant, model, tinyllm.TrainConfig.from_preset("tiny"))
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == model.num_params()
+
+
+@pytest.mark.parametrize("name", RUNG_NAMES)
+def test_every_rung_trains_and_its_loss_falls(name: str, tiny_data) -> None:
+    torch.manual_seed(0)
+    record = speedrun.train_run(ladder.get_variant(name), TINY, tiny_data, seed=0, budget_s=None, steps=30)
+    history = record["history"]
+    assert record["steps"] == 30 and len(history) == 11  # an evaluation every 3 steps, and the final one
+    assert all(math.isfinite(r["val_loss"]) for r in history)
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert record["load_start"] and record["load_end"]
+
+
+def test_squared_relu_has_exactly_swiglus_parameters() -> None:
+    for cfg in (tiny_cfg(), tinyllm.ModelConfig.from_preset("cpu", 65), tinyllm.ModelConfig.from_preset("9m", 65)):
+        swiglu = tinyllm.TinyLLM(cfg).num_params()
+        relu2 = ladder.build_model(ladder.get_variant("relu2"), cfg)
+        assert relu2.num_params() == swiglu
+        assert isinstance(relu2.blocks[0].mlp, ladder.ReLU2MLP)
+
+
+def test_ladder_forward_without_changes_is_part_ones_forward() -> None:
+    """LadderLLM rewrites TinyLLM.forward (to pass value embeddings); with no change on, the numbers match."""
+    cfg, idx = tiny_cfg(), torch.randint(0, 40, (2, 32))
+    torch.manual_seed(1)
+    base = tinyllm.TinyLLM(cfg)
+    torch.manual_seed(1)
+    same = ladder.LadderLLM(cfg, ())
+    assert torch.equal(base(idx, idx)[0], same(idx, idx)[0])
+
+
+def test_changes_keep_part_ones_weights_where_they_do_not_touch() -> None:
+    """Same seed, same numbers in the untouched matrices: the comparison with the baseline is paired."""
+    cfg = tiny_cfg()
+    torch.manual_seed(2)
+    base = tinyllm.TinyLLM(cfg)
+    torch.manual_seed(2)
+    qk = ladder.build_model(ladder.get_variant("qk_norm"), cfg)
+    assert torch.equal(base.blocks[1].attn.qkv.weight, qk.blocks[1].attn.qkv.weight)
+    assert isinstance(qk.blocks[1].attn, ladder.LadderAttention)
+
+
+def test_untied_zero_init_and_softcap_do_what_they_say() -> None:
+    cfg = tiny_cfg()
+    untied = ladder.build_model(ladder.get_variant("untied"), cfg)
+    assert untied.head.weight is not untied.embed.weight
+    assert untied.num_params() == tinyllm.TinyLLM(cfg).num_params() + cfg.vocab_size * cfg.d_model
+    zero = ladder.build_model(ladder.get_variant("zero_init"), cfg)
+    assert all(b.attn.proj.weight.abs().sum() == 0 and b.mlp.down.weight.abs().sum() == 0 for b in zero.blocks)
+    capped = ladder.build_model(ladder.get_variant("softcap"), cfg)
+    with torch.no_grad():
+        capped.head.weight.mul_(1e4)  # huge logits: the cap must still hold them below SOFTCAP
+        logits, _ = capped(torch.randint(0, 40, (2, 8)))
+    assert logits.abs().max() <= ladder.SOFTCAP
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest() -> None:
+    model = tinyllm.TinyLLM(tiny_cfg())
+    opt = ladder.build_optimizer(ladder.get_variant("muon"), model, tinyllm.TrainConfig.from_preset("tiny"))
+    muon_ids = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in muon_ids) == (name.startswith("blocks.") and p.ndim == 2), name
+    ladder.set_lr(opt, 1e-3)
+    assert opt.muon.param_groups[0]["lr"] == pytest.approx(1e-3 * ladder.MUON_LR / 3e-3)
+    assert opt.adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_combine_and_ramp() -> None:
+    both = ladder.get_variant("muon+relu2+lr_warmup+batch_ramp")
+    assert both.muon and both.batch_ramp and both.arch == ("relu2",) and both.train["lr"] == 3e-3
+    config = tinyllm.TrainConfig.from_preset("cpu")
+    assert ladder.batch_size_at(both, config, 0.1) == ladder.RAMP_BATCH
+    assert ladder.batch_size_at(both, config, 0.5) == config.batch_size
+    with pytest.raises(ValueError, match="unknown variant"):
+        ladder.get_variant("muon+nonsense")
+
+
+def test_first_below_and_summary() -> None:
+    history = [{"val_loss": 2.0, "seconds": 1.0, "step": 50}, {"val_loss": 1.8, "seconds": 2.0, "step": 100}]
+    assert speedrun.first_below(history, 1.9) == {"seconds": 2.0, "step": 100}
+    assert speedrun.first_below(history, 1.5) is None
+    runs = [{"variant": v, "seed": s, "val_loss": val, "steps": 10, "train_s": 1.0, "load_start": [0.1],
+             "load_end": [0.2], "first_below": {"1.90": None}}
+            for v, s, val in [("baseline", 1, 1.60), ("baseline", 2, 1.62), ("x", 1, 1.50), ("x", 2, 1.51)]]
+    rows = {r["variant"]: r for r in speedrun.summarise(runs)}
+    assert rows["x"]["diff"] == pytest.approx(-0.105)
+    assert rows["x"]["beyond_noise"]
