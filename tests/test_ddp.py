@@ -17,8 +17,12 @@ import torch
 import tinyllm
 from conftest import REPO, cli_env
 
+pytestmark = pytest.mark.slow  # torchrun starts processes: minutes, not seconds
+
 STEPS, STOP_AT = 30, 17
-TRAIN_ARGS = ["--preset", "tiny", "--max-steps", str(STEPS), "--eval-interval", "10", "--sample-tokens", "20"]
+# On CPUs over gloo, pinned: on a GPU machine auto would pick NCCL, and two processes need two GPUs.
+TRAIN_ARGS = ["--preset", "tiny", "--max-steps", str(STEPS), "--eval-interval", "10", "--sample-tokens", "20",
+              "--device", "cpu"]
 
 # Runs tinyllm's CLI, but on rank 0 the process sends itself SIGINT (Ctrl-C) while drawing the batch of
 # step STOP_AT, so training must stop cleanly on both ranks after that step, with last.pt saved.
@@ -76,8 +80,9 @@ def test_ddp_run_trains_and_its_checkpoint_loads_in_one_process(whole_run):
     vocab = ckpt["tokenizer"].vocab_size
     assert history[-1]["val_loss"] < history[0]["val_loss"] < math.log(vocab)  # the loss falls
     assert history[-1]["tokens"] == STEPS * 8 * 32 * 2  # both ranks' batches count
-    rng = torch.load(out / "last.pt", weights_only=True)["rng"]["data"]
-    assert len(rng) == 2 and not torch.equal(rng[0], rng[1])  # each rank draws its own batches
+    rng = torch.load(out / "last.pt", weights_only=True)["rng"]
+    assert len(rng["data"]) == 2 and not torch.equal(*rng["data"])  # each rank draws its own batches
+    assert len(rng["torch"]) == 2 and not torch.equal(*rng["torch"])  # and its own dropout masks
     text = tinyllm.complete(ckpt["model"], ckpt["tokenizer"], "The", 30, temperature=0.8, seed=0)
     assert len(text) == 30
 
@@ -92,7 +97,7 @@ def test_ddp_resume_after_ctrl_c_ends_where_the_whole_run_did(whole_run, corpus:
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["step"] == STOP_AT and not state["done"]
 
-    resumed = torchrun(REPO / "tinyllm.py", "train", "--resume", "--out", out, cwd=corpus.parent)
+    resumed = torchrun(REPO / "tinyllm.py", "train", "--resume", "--out", out, "--device", "cpu", cwd=corpus.parent)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming {out} at step {STOP_AT}" in resumed.stdout
     a = torch.load(whole_run[0] / "last.pt", weights_only=True)
