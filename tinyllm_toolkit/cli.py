@@ -516,3 +516,7 @@ def cmd_export_onnx_or_web(args) -> int:
              "onnxruntime-web loads from a CDN; run `npm ci --prefix web` first to include it") +
           f"). See it: python -m http.server -d {out}, then open http://localhost:8000")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
