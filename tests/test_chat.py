@@ -205,6 +205,7 @@ def test_grow_vocab_keeps_the_old_logits_of_old_tokens(kind, corpus_text, bpe):
 
 # ---- fine-tuning and talking ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_tiny_fine_tuning_run_learns_held_out_sums():
     """From scratch, the tiny model learns to add numbers up to 19 on pairs it never saw.
 

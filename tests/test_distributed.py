@@ -71,6 +71,7 @@ def weights_after_start(rank: int) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in run.model.parameters()])
 
 
+@pytest.mark.slow
 def test_every_rank_draws_its_own_dropout_masks_from_the_same_weights(tmp_path):
     mask0, mask1 = in_two_processes(tmp_path / "masks", dropout_mask)
     assert not torch.equal(mask0, mask1)  # each rank drops its own units
@@ -102,6 +103,7 @@ def count_all_reduces(rank: int, grad_accum: int, steps: int) -> int:
     return len(calls)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_all_reduces_once_per_step(tmp_path):
     one = in_two_processes(tmp_path / "one", count_all_reduces, 1, 3)
     four = in_two_processes(tmp_path / "four", count_all_reduces, 4, 3)
@@ -127,6 +129,7 @@ def load_like_a_first_download(rank: int, path: str) -> tuple[str, list[str]]:
     return runs.load_once_per_machine(load), events
 
 
+@pytest.mark.slow
 def test_the_dataset_is_downloaded_by_one_process_and_read_whole_by_the_other(tmp_path):
     (text0, events0), (text1, events1) = in_two_processes(tmp_path, load_like_a_first_download,
                                                           str(tmp_path / "data.txt"))

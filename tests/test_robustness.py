@@ -189,6 +189,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
 
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, corpus_file, capsys):
     # On the CPU, pinned: exact resume is checked bit for bit, and CUDA kernels need not be deterministic.
     args = ["train", "--data", corpus_file, "--max-steps", "120", "--eval-interval", "30", "--device", "cpu", *TINY]
