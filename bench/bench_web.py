@@ -1,4 +1,5 @@
-"""The web page's file sizes, and generation speed in onnxruntime (Python) and in Chromium.
+"""The web page's file sizes, and generation speed in onnxruntime (Python) and in Chromium; with --int8, the
+8-bit model beside the float one: file size, validation loss, greedy agreement and speed.
 
 `export --web` of a checkpoint goes to a temporary folder; then 500 greedy tokens after "ROMEO:"
 (past the context, so the KV cache slides) are timed, best of 3 after a warm-up, in:
@@ -9,9 +10,12 @@
     the generation a fresh page starts on load (?prompt=...), then three more on the same page, once
     WebAssembly is compiled and warm. (Headless Chromium's --virtual-time-budget cannot time it: its
     clock stands still.)
-Every run also checks that the tokens are PyTorch's.
+Every run also checks that the tokens are PyTorch's. With --int8, the same for `export --web --int8`,
+and, for the float and the 8-bit `export --onnx` graphs: the loss on the whole validation split of
+the checkpoint's data (nats per character), and how often the 8-bit model's next token is the float
+model's along the float model's 500 greedy tokens (and where their own greedy texts first part).
 
-    python bench/bench_web.py --ckpt RUN [--playwright DIR] [--chromium PATH]
+    python bench/bench_web.py --ckpt RUN [--int8] [--playwright DIR] [--chromium PATH] [--reps N]
 
 playwright-core is not a dependency of tinyllm: `npm install --prefix DIR playwright-core` puts it in
 DIR/node_modules (without it, the Chromium part is skipped).
@@ -36,9 +40,9 @@ import numpy as np
 import onnxruntime
 import torch
 
-import tinyllm  # noqa: E402
+import tinyllm
 
-PROMPT, N, REPS = "ROMEO:", 500, 3
+PROMPT, N = "ROMEO:", 500
 
 DRIVER = """
 const { chromium } = require("playwright-core");
@@ -53,7 +57,7 @@ const { chromium } = require("playwright-core");
         .observe(document, { attributes: true, subtree: true, attributeFilter: ["data-state"] });
     });
     await page.goto(url); // its ?prompt= starts a generation once the model is loaded
-    const done = () => page.waitForFunction(() => document.body.dataset.state === "done", null, { timeout: 120000 });
+    const done = () => page.waitForFunction(() => document.body.dataset.state === "done", null, { timeout: 300000 });
     await done();
     const loadMs = await page.evaluate(() => Math.round(window.loadedAt));
     runs.push({ loadMs, stats: await page.textContent("#stats"), output: await page.textContent("#output") });
@@ -71,9 +75,9 @@ const { chromium } = require("playwright-core");
 """
 
 
-def best_rate(generate) -> float:
+def best_rate(generate, reps: int) -> float:
     generate(20)  # warm-up
-    return max(N / timed(generate) for _ in range(REPS))
+    return max(N / timed(generate) for _ in range(reps))
 
 
 def timed(generate) -> float:
@@ -82,50 +86,46 @@ def timed(generate) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True, help="a checkpoint file or run directory")
-    p.add_argument("--playwright", help="a folder whose node_modules holds playwright-core")
-    p.add_argument("--chromium", default="/usr/bin/chromium")
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    ckpt = tinyllm.load_checkpoint(args.ckpt)
-    model, tok = ckpt["model"].eval(), ckpt["tokenizer"]
-    prompt = tok.encode(PROMPT)
-    want = tinyllm.generate(model, torch.tensor([prompt]), N, temperature=0)[0, len(prompt):].tolist()
-    S = model.config.block_size
-    print(f"model: {model.num_params():,} parameters, context {S}, {tok.kind} tokenizer ({tok.vocab_size} tokens)")
-
-    folder = Path(tempfile.mkdtemp()) / "site"
-    tinyllm.export_web(model, folder, tok)
-    plain = tinyllm.export_onnx(model, folder.parent / "plain" / "model.onnx", tok)
-    print("\nfile                          bytes     gzip -9")
+def print_sizes(folder: Path) -> None:
+    print(f"\n{folder.name}: file                  bytes     gzip -9")
     for f in sorted(folder.iterdir()):
         data = f.read_bytes()
-        print(f"{f.name:28s} {len(data):10,d} {len(gzip.compress(data, 9)):10,d}")
-    total = sum(f.stat().st_size for f in folder.iterdir())
-    print(f"{'total':28s} {total:10,d}")
+        print(f"  {f.name:28s} {len(data):10,d} {len(gzip.compress(data, 9)):10,d}")
+    print(f"  {'total':28s} {sum(f.stat().st_size for f in folder.iterdir()):10,d}")
 
-    def torch_generate(n: int) -> None:
-        tinyllm.generate(model, torch.tensor([prompt]), n, temperature=0)
 
+def session(path: Path) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    start = time.perf_counter()
-    cached = onnxruntime.InferenceSession(str(folder / "model.onnx"), options)
-    load_ms = (time.perf_counter() - start) * 1000
-    window = onnxruntime.InferenceSession(str(plain), options)
-    shape = json.loads((folder / "model.json").read_text())["cache_shape"]
+    return onnxruntime.InferenceSession(str(path), options)
 
-    def ort_cached(n: int) -> list[int]:
+
+def cached_generator(site: Path, prompt: list[int], block: int):
+    """n -> the page's model's n greedy tokens after prompt, run by onnxruntime as the page runs it."""
+    step = session(site / "model.onnx")
+    shape = json.loads((site / "model.json").read_text())["cache_shape"]
+
+    def generate(n: int) -> list[int]:
         k = v = np.zeros(shape, np.float32)
-        feed, seen, out = prompt[-S:], 0, []
+        feed, seen, out = prompt[-block:], 0, []
         for _ in range(n):
-            logits, k, v = cached.run(None, {"idx": np.array([feed]), "seen": np.array(seen), "k_cache": k, "v_cache": v})
+            logits, k, v = step.run(None, {"idx": np.array([feed]), "seen": np.array(seen), "k_cache": k, "v_cache": v})
             seen += len(feed)
             feed = [int(logits[0, -1].argmax())]
             out += feed
         return out
+
+    return generate
+
+
+def python_speeds(model, tok, site: Path, plain: Path, reps: int) -> list[int]:
+    """PyTorch's and onnxruntime's tokens/s; returns PyTorch's greedy tokens (what every runtime must give)."""
+    prompt, S = tok.encode(PROMPT), model.config.block_size
+    want = tinyllm.generate(model, torch.tensor([prompt]), N, temperature=0)[0, len(prompt):].tolist()
+    window = session(plain)
+
+    def torch_generate(n: int) -> None:
+        tinyllm.generate(model, torch.tensor([prompt]), n, temperature=0)
 
     def ort_window(n: int) -> list[int]:
         ids = list(prompt)
@@ -133,36 +133,102 @@ def main() -> None:
             ids.append(int(window.run(None, {"idx": np.array([ids[-S:]])})[0][0, -1].argmax()))
         return ids[len(prompt):]
 
-    print(f"\n{N} greedy tokens after {PROMPT!r}, best of {REPS}, one thread")
-    print(f"PyTorch generate (KV cache)           {best_rate(torch_generate):7.0f} tokens/s")
-    print(f"onnxruntime {onnxruntime.__version__}, page's model (KV cache) {best_rate(ort_cached):7.0f} tokens/s"
-          f"   (session created in {load_ms:.0f} ms; tokens same as PyTorch: {ort_cached(N) == want})")
-    print(f"onnxruntime, export --onnx (window)   {best_rate(ort_window):7.0f} tokens/s"
-          f"   (tokens same as PyTorch's without the cache: "
-          f"{ort_window(N) == tinyllm.generate(model, torch.tensor([prompt]), N, temperature=0, use_cache=False)[0, len(prompt):].tolist()})")
+    cached = cached_generator(site, prompt, S)
+    no_cache = tinyllm.generate(model, torch.tensor([prompt]), N, temperature=0, use_cache=False)[0, len(prompt):].tolist()
+    print(f"\n{N} greedy tokens after {PROMPT!r}, best of {reps}, one thread")
+    print(f"PyTorch generate (KV cache)           {best_rate(torch_generate, reps):7.0f} tokens/s")
+    print(f"onnxruntime {onnxruntime.__version__}, page's model (KV cache) {best_rate(cached, reps):7.0f} tokens/s"
+          f"   (tokens same as PyTorch: {cached(N) == want})")
+    print(f"onnxruntime, export --onnx (window)   {best_rate(ort_window, reps):7.0f} tokens/s"
+          f"   (tokens same as PyTorch's without the cache: {ort_window(N) == no_cache})")
+    return want
 
-    if not args.playwright:
-        print("\nChromium: skipped (no --playwright DIR)")
-        return
+
+def chromium_speeds(site: Path, args, expected: str) -> None:
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/index.html?" + urlencode({"prompt": PROMPT, "tokens": N, "temperature": 0})
-    result = subprocess.run(["node", "-e", DRIVER, url, args.chromium, str(REPS)], capture_output=True, text=True,
-                            cwd=args.playwright, timeout=600)
+    result = subprocess.run(["node", "-e", DRIVER, url, args.chromium, str(args.reps)], capture_output=True, text=True,
+                            cwd=args.playwright, timeout=1200)
     server.shutdown()
     if result.returncode != 0:
         sys.exit(f"the Chromium run failed:\n{result.stderr[-2000:]}")
-    runs = json.loads(result.stdout)
     version = subprocess.run([args.chromium, "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"\n{version}, onnxruntime-web (WebAssembly, one thread), the page's own figures:")
-    for run in runs:
-        same = run["output"] == PROMPT + tok.decode(want)
+    print(f"\n{site.name} in {version}, onnxruntime-web (WebAssembly, one thread), the page's own figures:")
+    for run in json.loads(result.stdout):
         when = f"new page, model loaded in {run['loadMs']:4d} ms" if "loadMs" in run else "same page, again" + 18 * " "
-        print(f"  {when}: {run['stats']}; tokens same as PyTorch: {same}")
+        print(f"  {when}: {run['stats']}; tokens as expected: {run['output'] == expected}")
+
+
+def val_loss(graph: Path, val_ids: list[int], block: int, batch: int = 16) -> float:
+    """Mean next-token loss (nats) over the non-overlapping windows of the whole split, as tinyllm's evaluate takes them."""
+    run, data = session(graph), np.array(val_ids)
+    n = (len(data) - 1) // block
+    total = 0.0
+    for first in range(0, n, batch):
+        starts = np.arange(first, min(first + batch, n))[:, None] * block
+        chunk = data[starts + np.arange(block + 1)]
+        logits = run.run(None, {"idx": chunk[:, :-1]})[0].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= np.take_along_axis(logp, chunk[:, 1:, None], -1).sum()
+    return total / (n * block)
+
+
+def int8_report(model, tok, ckpt: dict, folder: Path, want: list[int]) -> None:
+    """The float and the 8-bit model side by side: file size, validation loss, greedy agreement."""
+    graphs = {"float": tinyllm.export_onnx(model, folder / "plain" / "float.onnx", tok),
+              "int8": tinyllm.export_onnx(model, folder / "plain" / "int8.onnx", tok, int8=True)}
+    text = tinyllm.load_text((ckpt.get("meta") or {}).get("data", "shakespeare"))
+    _, val_ids, chars_per_token = tinyllm.prepare_data(text, tok)
+    S, prompt = model.config.block_size, tok.encode(PROMPT)
+    ids = np.array([prompt + want])
+    print(f"\nfloat and int8 (export --onnx), validation split of {len(val_ids):,} tokens, all of it:")
+    for name, graph in graphs.items():
+        loss = val_loss(graph, val_ids, S) / chars_per_token
+        run = session(graph)
+        agree = [int(run.run(None, {"idx": ids[:, max(0, i - S):i]})[0][0, -1].argmax()) == ids[0, i]
+                 for i in range(len(prompt), ids.shape[1])]
+        site = folder / ("site" if name == "float" else "site-int8")
+        own = cached_generator(site, prompt, S)(N)
+        parted = next((i for i, (a, b) in enumerate(zip(own, want)) if a != b), "never")
+        print(f"  {name:5s} model.onnx {(site / 'model.onnx').stat().st_size:10,d} bytes | val loss {loss:.4f} nats/char"
+              f" | next token = float's greedy one: {100 * np.mean(agree):5.1f}% of {N} | its own greedy text parts"
+              f" from float's at token {parted}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="a checkpoint file or run directory")
+    p.add_argument("--int8", action="store_true", help="also the 8-bit model (export --int8), beside the float one")
+    p.add_argument("--playwright", help="a folder whose node_modules holds playwright-core")
+    p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--reps", type=int, default=3, help="timings per runtime (default 3)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    ckpt = tinyllm.load_checkpoint(args.ckpt)
+    model, tok = ckpt["model"].eval(), ckpt["tokenizer"]
+    print(f"model: {model.num_params():,} parameters, context {model.config.block_size}, {tok.kind} tokenizer "
+          f"({tok.vocab_size} tokens)")
+    folder = Path(tempfile.mkdtemp())
+    sites = [tinyllm.export_web(model, folder / "site", tok)]
+    if args.int8:
+        sites.append(tinyllm.export_web(model, folder / "site-int8", tok, int8=True))
+    for site in sites:
+        print_sizes(site)
+    want = python_speeds(model, tok, sites[0], tinyllm.export_onnx(model, folder / "plain" / "model.onnx", tok), args.reps)
+    if args.int8:
+        int8_report(model, tok, ckpt, folder, want)
+    if not args.playwright:
+        print("\nChromium: skipped (no --playwright DIR)")
+        return
+    for site in sites:  # float: PyTorch's text; int8: what onnxruntime gives for the 8-bit model
+        expected = want if site.name == "site" else cached_generator(site, tok.encode(PROMPT), model.config.block_size)(N)
+        chromium_speeds(site, args, PROMPT + tok.decode(expected))
 
 
 if __name__ == "__main__":

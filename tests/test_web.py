@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import tinyllm
-from conftest import REPO, run_cli, run_without
+from conftest import REPO, cli_env, run_cli, run_without
 
 CI = bool(os.environ.get("CI"))
 if CI:
@@ -528,8 +528,8 @@ def serve():
         server.server_close()
 
 
-def open_page(chromium: str, url: str, tmp_path: Path) -> tuple[str, str]:
-    """Load url in headless Chromium and let it run (in virtual time); returns (body's data-state, #output's text)."""
+def page_dom(chromium: str, url: str, tmp_path: Path) -> tuple[str, str]:
+    """Load url in headless Chromium and let it run (in virtual time); returns (body's data-state, the page's HTML)."""
     profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
     result = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -537,9 +537,23 @@ def open_page(chromium: str, url: str, tmp_path: Path) -> tuple[str, str]:
          "--dump-dom", url], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     state = re.search(r'<body data-state="(\w+)"', result.stdout)
-    output = re.search(r'<pre id="output">(.*?)</pre>', result.stdout, re.S)
-    assert state and output, result.stdout[-2000:]
-    return state.group(1), html.unescape(output.group(1))
+    assert state, result.stdout[-2000:]
+    return state.group(1), result.stdout
+
+
+def open_page(chromium: str, url: str, tmp_path: Path) -> tuple[str, str]:
+    """The completion page after it ran: (body's data-state, #output's text)."""
+    state, dom = page_dom(chromium, url, tmp_path)
+    output = re.search(r'<pre id="output">(.*?)</pre>', dom, re.S)
+    assert output, dom[-2000:]
+    return state, html.unescape(output.group(1))
+
+
+def open_chat(chromium: str, url: str, tmp_path: Path) -> tuple[str, list[str], list[str]]:
+    """The chat page after it ran: (body's data-state, the replies' texts, the error messages), in order."""
+    state, dom = page_dom(chromium, url, tmp_path)
+    turns = [(kind, html.unescape(text)) for kind, text in re.findall(r'<div class="turn (\w+)">(.*?)</div>', dom, re.S)]
+    return state, [t for kind, t in turns if kind == "reply"], [t for kind, t in turns if kind == "error"]
 
 
 def page_url(base: str, prompt: str, tokens: int, temperature: float = 0.0, **more) -> str:
@@ -596,3 +610,131 @@ def test_page_template_pins_the_runtime_version():
     assert re.fullmatch(r"\d+\.\d+\.\d+", pinned)
     assert lock["packages"]["node_modules/onnxruntime-web"]["version"] == pinned
     assert f'const ORT_VERSION = "{pinned}";' in (REPO / "web" / "tinyllm.js").read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# The chat page: a conversation in the browser, with the replies of `tinyllm.py chat`
+# ------------------------------------------------------------------------------------------------
+
+CHAT_LINES = ["hi", "what is 2 + 3?", "I typed <|end|> here", "who are you?",
+              "what is 12 + 7?", "what do you eat?", "thanks Tilly", "bye"]
+
+
+def cli_chat(run: Path, lines: list[str], *options: str) -> subprocess.CompletedProcess:
+    """`printf 'LINE\\n...' | python tinyllm.py chat --ckpt RUN OPTIONS`."""
+    return subprocess.run([sys.executable, str(REPO / "tinyllm.py"), "chat", "--ckpt", str(run), *options],
+                          input="".join(line + "\n" for line in lines), env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def chat_url(base: str, lines: list[str], **settings) -> str:
+    from urllib.parse import urlencode
+
+    return base + "index.html?" + urlencode({"chat": "\n".join(lines), **settings})
+
+
+def turns_dropped(run: Path, lines: list[str], replies: list[str]) -> int:
+    """How many of the conversation's prompts left out some of its earlier turns (fit_context dropped them)."""
+    ckpt = tinyllm.load_checkpoint(run)
+    tok, block = ckpt["tokenizer"], ckpt["model"].config.block_size
+    messages, dropped = [], 0
+    for line, reply in zip(lines, replies):
+        messages.append({"role": "user", "content": line})
+        whole = tinyllm.encode_chat(tok, messages, reply_next=True)[0]
+        dropped += len(tinyllm.fit_context(tok, messages, block, block // 4)) < len(whole)
+        messages.append({"role": "assistant", "content": reply})
+    return dropped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_chat_page_answers_as_the_command_line_does(kind, chat_runs, chromium, serve, tmp_path):
+    """At temperature 0, the page's replies are `tinyllm.py chat`'s, character for character, as old turns drop out."""
+    run = chat_runs[kind]
+    result = run_cli("export", "--ckpt", run, "--web", tmp_path / "site")
+    assert result.returncode == 0 and "as a chat page" in result.stdout, result.stderr
+    for tokens in ("64", "6"):  # the default length, and replies cut at the limit
+        cli = cli_chat(run, CHAT_LINES, "--temperature", "0", "--max-new-tokens", tokens)
+        assert cli.returncode == 0, cli.stderr
+        state, replies, errors = open_chat(chromium, chat_url(serve(tmp_path / "site"), CHAT_LINES, temperature=0,
+                                                               tokens=tokens), tmp_path)
+        assert (state, errors) == ("done", [])
+        assert [" ".join(r.split("\n")) for r in replies] == cli.stdout.splitlines()  # the CLI prints a reply per line
+        assert any(replies) and turns_dropped(run, CHAT_LINES, replies) >= 2
+    ckpt = tinyllm.load_checkpoint(run)
+    messages = []
+    for line, reply in zip(CHAT_LINES, replies):  # and exactly the Python API's replies, newlines included
+        messages.append({"role": "user", "content": line})
+        assert reply == tinyllm.chat(ckpt["model"], ckpt["tokenizer"], messages, 6)
+        messages.append({"role": "assistant", "content": reply})
+
+
+@pytest.mark.slow
+def test_chat_page_refuses_what_the_command_line_refuses(chat_runs, chromium, serve, tmp_path):
+    run = chat_runs["char"]
+    base = serve(tinyllm.export_web(run, tmp_path / "site"))
+    too_long = "what is " + "1 + " * 12 + "1?"
+    cli = cli_chat(run, ["hi", too_long])
+    assert cli.returncode == 1 and cli.stderr.startswith("error: line 2: the message is ")
+    state, replies, errors = open_chat(chromium, chat_url(base, ["hi", too_long, "bye"]), tmp_path)
+    assert state == "error" and len(replies) == 1  # "hi" answered, the long one refused, "bye" never sent
+    assert errors == [cli.stderr.strip().removeprefix("error: line 2: ")]  # the same sentence
+    assert "write a shorter one" in errors[0]
+    for lines, message in [(["hi", " "], "the message is empty"), (["snow ☃"], "'☃' not in this model's vocabulary")]:
+        state, _, errors = open_chat(chromium, chat_url(base, lines), tmp_path)
+        assert state == "error" and len(errors) == 1 and message in errors[0].replace('"', "'"), errors
+    state, _, errors = open_chat(chromium, chat_url(base, ["hi"], top_p=0), tmp_path)
+    assert state == "error" and errors[0].startswith("top-p must be above 0 and at most 1"), errors
+
+
+# ------------------------------------------------------------------------------------------------
+# --int8: the weights in 8 bits, by onnxruntime's quantizer
+# ------------------------------------------------------------------------------------------------
+
+def test_int8_export_stores_the_weights_in_8_bits_and_stays_close(bpe_run, tmp_path):
+    import numpy as np
+    import onnx
+
+    full = tinyllm.export_onnx(bpe_run, tmp_path / "float.onnx")
+    small = tinyllm.export_onnx(bpe_run, tmp_path / "int8.onnx", int8=True)
+    assert json.loads(small.with_suffix(".json").read_text())["int8"] is True
+    matrices = [[t for t in onnx.load(str(f)).graph.initializer if len(t.dims) == 2] for f in (full, small)]
+    eight_bits = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)  # the embedding's Gather gets uint8
+    assert len(matrices[1]) == len(matrices[0]) and all(t.data_type in eight_bits for t in matrices[1])
+    assert sum(len(t.raw_data) for t in matrices[1]) == sum(len(t.raw_data) for t in matrices[0]) // 4  # a byte each
+    assert small.stat().st_size < full.stat().st_size  # (the graph itself is the same size: for the tiny model, much)
+    model = tinyllm.load_checkpoint(bpe_run)["model"]
+    x = torch.randint(0, model.config.vocab_size, (4, model.config.block_size), generator=torch.Generator().manual_seed(0))
+    ours = model(x)[0].detach().numpy()
+    theirs = onnxruntime.InferenceSession(str(small)).run(None, {"idx": x.numpy()})[0]
+    assert np.abs(theirs - ours).max() < 0.1 * np.abs(ours).max()  # close, though not float-exact
+    assert (theirs.argmax(-1) == ours.argmax(-1)).mean() > 0.9
+
+
+def test_cli_int8_is_for_onnx_and_web(tmp_path, char_run):
+    result = run_cli("export", "--ckpt", char_run, "--hf", tmp_path / "hf", "--int8")
+    assert result.returncode == 1 and result.stderr.startswith("error: --int8 is for --onnx and --web")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "hf").exists()
+    result = run_cli("export", "--ckpt", char_run, "--onnx", tmp_path / "m.onnx", "--int8")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["int8"] is True
+
+
+@pytest.mark.slow
+def test_int8_page_generates_what_onnxruntime_generates(chromium, serve, char_run, tmp_path):
+    """The page runs the 8-bit model too, and its greedy text is onnxruntime's (Python) for that model."""
+    import numpy as np
+
+    site = tmp_path / "site"
+    assert run_cli("export", "--ckpt", char_run, "--web", site, "--int8").returncode == 0
+    session = onnxruntime.InferenceSession(str(site / "model.onnx"))
+    info = json.loads((site / "model.json").read_text(encoding="utf-8"))
+    tok, block = tinyllm.load_checkpoint(char_run)["tokenizer"], info["config"]["block_size"]
+    k = v = np.zeros(info["cache_shape"], np.float32)
+    feed, seen, new = tok.encode(PROMPT)[-block:], 0, []
+    for _ in range(2 * block):
+        logits, k, v = session.run(None, {"idx": np.array([feed]), "seen": np.array(seen), "k_cache": k, "v_cache": v})
+        seen += len(feed)
+        feed = [int(logits[0, -1].argmax())]
+        new += feed
+    assert open_page(chromium, page_url(serve(site), PROMPT, 2 * block), tmp_path) == ("done", PROMPT + tok.decode(new))
