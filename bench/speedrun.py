@@ -56,7 +56,7 @@ class Track:
 
 
 TRACKS = {
-    "cpu": Track("cpu", "cpu", "cpu", 2, 100.0, (1.90, 1.70)),
+    "cpu": Track("cpu", "cpu", "cpu", 2, 100.0, (1.90, 1.898, 1.70)),  # 1.898: nanoGPT's CPU recipe, 2,000 iters
     "gpu": Track("gpu", "9m", "cuda", None, 60.0, (1.47,)),
 }
 
@@ -185,7 +185,7 @@ def run_record(variant: ladder.Variant, track: Track, seed: int, budget_s: Optio
         "steps_target": steps, "variant": variant.name, "why": variant.why, "seed": seed,
         "params": trainer.model.num_params(), "steps": final["step"], "train_s": final["seconds"],
         "val_loss": final["val_loss"], "best_val": min(r["val_loss"] for r in history),
-        "first_below": {f"{t:.2f}": first_below(history, t) for t in track.thresholds},
+        "first_below": {f"{t:g}": first_below(history, t) for t in track.thresholds},
         "threads": torch.get_num_threads(), "load_start": [round(x, 2) for x in load_start],
         "load_end": [round(x, 2) for x in os.getloadavg()], "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "history": history,
@@ -252,9 +252,10 @@ def timing(variants: list[ladder.Variant], track: Track, rounds: int, steps: int
     trainers = [Trainer(v, track, vocab, 0, steps) for v in variants]
     warm = [warm_up(tr, train_ids) for tr in trainers]
     times: list[list[float]] = [[] for _ in variants]
-    for _ in range(rounds):
+    for r in range(rounds):
         for i, tr in enumerate(trainers):
             times[i].append(burst(tr, train_ids, steps))
+        print(f"round {r + 1}/{rounds}: " + " ".join(f"{t[-1] * 1000:.0f}" for t in times) + " ms/step", flush=True)
     base = statistics.median(times[0])
     info, records = machine(), []
     for v, tr, w, ts in zip(variants, trainers, warm, times):
@@ -281,7 +282,7 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
 
 
-def summarise(records: list[dict]) -> list[dict]:
+def summarise(records: list[dict], thresholds: tuple[float, ...] = TRACKS["cpu"].thresholds) -> list[dict]:
     """Per variant: val mean +- std, steps, threshold times, and the paired difference from the baseline.
 
     "beyond noise" means the difference of the means exceeds twice the larger of the two standard
@@ -299,7 +300,7 @@ def summarise(records: list[dict]) -> list[dict]:
         row = {"variant": name, "n": len(rs), "mean": mean, "std": std,
                "steps": statistics.fmean(r["steps"] for r in rs), "train_s": statistics.fmean(r["train_s"] for r in rs),
                "load": [min(r["load_start"][0] for r in rs), max(r["load_end"][0] for r in rs)],
-               "first_below": {t: mean_first([r["first_below"][t] for r in rs]) for t in rs[0]["first_below"]}}
+               "first_below": {f"{t:g}": mean_first([first_below(r["history"], t) for r in rs]) for t in thresholds}}
         if paired and name != "baseline":
             b_mean, b_std = mean_std(list(base_val.values()))
             row["diff"] = mean - b_mean
@@ -309,21 +310,39 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def mean_first(hits: list[Optional[dict]]) -> Optional[float]:
-    """Mean seconds to a threshold, or None unless every seed reached it."""
-    return None if any(h is None for h in hits) else statistics.fmean(h["seconds"] for h in hits)
+def mean_first(hits: list[Optional[dict]]) -> Optional[dict]:
+    """Mean training-clock seconds and mean step to a threshold, or None unless every seed reached it."""
+    if any(h is None for h in hits):
+        return None
+    return {"seconds": statistics.fmean(h["seconds"] for h in hits), "step": statistics.fmean(h["step"] for h in hits)}
 
 
 def print_summary(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
     print(f"{'variant':<28} {'n':>2} {'val mean':>9} {'std':>7} {'diff':>8} {'beyond 2σ':>9} {'steps':>7} "
-          f"{'train s':>8}  first at/below (s)")
+          f"{'train s':>8}  first at/below: seconds/step")
     for row in rows:
         diff = f"{row['diff']:+.4f}" if "diff" in row else ""
         flag = ("yes" if row["beyond_noise"] else "no") if "diff" in row else ""
-        firsts = "  ".join(f"{t}: {v:.1f}" if v is not None else f"{t}: -" for t, v in row["first_below"].items())
+        firsts = "  ".join(f"{t}: {v['seconds']:.1f}s/{v['step']:.0f}" if v else f"{t}: -"
+                           for t, v in row["first_below"].items())
         print(f"{row['variant']:<28} {row['n']:>2} {row['mean']:>9.4f} {row['std']:>7.4f} {diff:>8} {flag:>9} "
               f"{row['steps']:>7.0f} {row['train_s']:>8.1f}  {firsts}")
+
+
+def markdown(rows: list[dict], ratios: dict[str, dict]) -> str:
+    """The ladder as a Markdown table (for bench/README.md): measured numbers only, blanks where none."""
+    lines = ["| variant | runs | val, mean ± std | vs baseline | beyond 2σ | step time (× baseline) | "
+             "first ≤ 1.898 / ≤ 1.70 (step) |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        ratio = ratios.get(row["variant"])
+        firsts = " / ".join(f"{v['step']:.0f}" if v else "—" for t, v in row["first_below"].items() if t != "1.9")
+        lines.append(f"| {row['variant']} | {row['n']} | {row['mean']:.4f} ± {row['std']:.4f} | "
+                     f"{row['diff']:+.4f} | {'yes' if row['beyond_noise'] else 'no'} | "
+                     if "diff" in row else f"| {row['variant']} | {row['n']} | {row['mean']:.4f} ± {row['std']:.4f} | — | — | ")
+        lines[-1] += (f"{ratio['ratio']:.2f} ({ratio['ratio_range'][0]:.2f}–{ratio['ratio_range'][1]:.2f}) | "
+                      if ratio else "— | ") + f"{firsts} |"
+    return "\n".join(lines)
 
 
 def read_records(path: Path, **match) -> list[dict]:
@@ -348,8 +367,8 @@ def plot(panels: list[tuple[str, list[dict]]], out_png: Path) -> None:
         stds = [0.0 if math.isnan(r["std"]) else r["std"] for r in rows][::-1]
         colors = ["black" if n == "baseline" else "tab:green" if r.get("beyond_noise") and r["diff"] < 0
                   else "tab:red" if r.get("beyond_noise") else "tab:gray" for n, r in zip(names, rows[::-1])]
-        ax.errorbar(means, range(len(names)), xerr=stds, fmt="none", ecolor=colors, capsize=3)
-        ax.scatter(means, range(len(names)), c=colors, zorder=3)
+        for y, (m, sd, c) in enumerate(zip(means, stds, colors)):
+            ax.errorbar(m, y, xerr=sd, fmt="o", color=c, ecolor=c, capsize=3)
         base = next((r for r in rows if r["variant"] == "baseline"), None)
         if base is not None:
             ax.axvline(base["mean"], color="black", lw=0.8)
@@ -376,24 +395,27 @@ def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Op
     """Tables (and the figure) from the JSONL: equal steps and/or wall clock, and the latest step-time ratios."""
     panels = []
     if steps:
-        rows = summarise(read_records(path, kind="run", track=track, mode="steps", steps_target=steps))
+        rows = summarise(read_records(path, kind="run", track=track, mode="steps", steps_target=steps),
+                         TRACKS[track].thresholds)
         if rows:
             print_summary(rows, f"equal steps: {steps} steps each")
             panels.append((panel_title(f"equal steps ({steps} each)", rows), rows))
     if budget:
-        rows = summarise(read_records(path, kind="run", track=track, mode="budget", budget_s=budget))
+        rows = summarise(read_records(path, kind="run", track=track, mode="budget", budget_s=budget),
+                         TRACKS[track].thresholds)
         if rows:
             print_summary(rows, f"wall clock: {budget:g} s of training each")
             panels.append((panel_title(f"wall clock ({budget:g} s of training each)", rows), rows))
-    timings = read_records(path, kind="timing", track=track)
-    if timings:
-        latest = {}
-        for r in timings:
-            latest[r["variant"]] = r
+    latest: dict[str, dict] = {}
+    for r in read_records(path, kind="timing", track=track):
+        latest[r["variant"]] = r
+    if latest:
         print("\nstep time relative to the baseline (latest timing session of each variant)")
         for name, r in latest.items():
             print(f"{name:<28} {r['ratio']:.3f} (rounds {r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f}) "
                   f"{r['median_step_s'] * 1000:.1f} ms/step  warm-up {r['warmup_s']:.1f}s  load {r['load_start'][0]:.2f}")
+    for title, rows in panels:
+        print(f"\n{title.splitlines()[0]}, as Markdown:\n{markdown(rows, latest)}")
     if figure and panels:
         plot(panels, figure)
 
@@ -440,7 +462,7 @@ def main() -> None:
     budget = None if args.steps else (args.budget or track.budget_s)
     records = run_interleaved(variants, track, list(SEEDS[:args.seeds]), budget, args.steps, args.out, session)
     label = f"{args.steps} steps each" if args.steps else f"{budget:g} s of training each"
-    print_summary(summarise(records), f"{track.name} track, {label}, {threads or 'default'} threads, session {session}")
+    print_summary(summarise(records, track.thresholds), f"{track.name} track, {label}, {threads or 'default'} threads, session {session}")
 
 
 if __name__ == "__main__":

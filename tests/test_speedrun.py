@@ -125,8 +125,9 @@ def test_first_below_and_summary() -> None:
     assert speedrun.first_below(history, 1.9) == {"seconds": 2.0, "step": 100}
     assert speedrun.first_below(history, 1.5) is None
     runs = [{"variant": v, "seed": s, "val_loss": val, "steps": 10, "train_s": 1.0, "load_start": [0.1],
-             "load_end": [0.2], "first_below": {"1.90": None}}
+             "load_end": [0.2], "history": history}
             for v, s, val in [("baseline", 1, 1.60), ("baseline", 2, 1.62), ("x", 1, 1.50), ("x", 2, 1.51)]]
     rows = {r["variant"]: r for r in speedrun.summarise(runs)}
     assert rows["x"]["diff"] == pytest.approx(-0.105)
     assert rows["x"]["beyond_noise"]
+    assert rows["x"]["first_below"]["1.9"] == {"seconds": 2.0, "step": 100}
