@@ -199,6 +199,22 @@ TOKENIZER_FORMAT = "tinyllm-tokenizer"
 TOKENIZER_VERSION = 1
 
 
+def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
+    """The special tokens as a list, after checking that they are distinct, non-empty strings."""
+    special_tokens = list(special_tokens)
+    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
+    return special_tokens
+
+
+def unknown_characters(unseen: set) -> ValueError:
+    """The error for characters outside a character vocabulary, naming (the first 20 of) them."""
+    unseen = sorted(unseen)
+    more = f" and {len(unseen) - 20} more" if len(unseen) > 20 else ""
+    return ValueError(f"character(s) {''.join(unseen[:20])!r}{more} not in this tokenizer's vocabulary: "
+                      "use only characters of the training text (or a BPE tokenizer, which encodes any text)")
+
+
 class Tokenizer:
     """What every tokenizer offers: encode, decode, vocab_size, and save as readable JSON."""
 
@@ -255,22 +271,17 @@ class Tokenizer:
 
 
 class CharTokenizer(Tokenizer):
-    """One token per character: the simplest tokenizer, and the one char-rnn and nanoGPT start with.
-
-    Special tokens (section 14's chat markers), if any, take the ids after the characters. `encode`
-    only ever gives characters, so no text can turn into a special token: code adds them by id.
-    """
+    """One token per character, the tokenizer char-rnn and nanoGPT start with. Special tokens (section
+    14's chat markers) take the ids after the characters; `encode` never produces one."""
 
     kind = "char"
 
     def __init__(self, chars: str, special_tokens: Sequence[str] = ()):
         self.chars = "".join(sorted(set(chars)))
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-        special_tokens = list(special_tokens)
-        if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
-            raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
-        self.special_tokens = {s: len(self.chars) + i for i, s in enumerate(special_tokens)}  # text -> id
-        self.itos = list(self.chars) + special_tokens  # id -> text
+        self.stoi = {c: i for i, c in enumerate(self.chars)}  # character -> id
+        specials = check_special_tokens(special_tokens)
+        self.special_tokens = {s: len(self.chars) + i for i, s in enumerate(specials)}  # text -> id
+        self.itos = list(self.chars) + specials  # id -> text
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -286,15 +297,9 @@ class CharTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         self._check_text(text)
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError:
-            unseen = sorted(set(text) - set(self.stoi))
-            more = f" and {len(unseen) - 20} more" if len(unseen) > 20 else ""
-            raise ValueError(
-                f"character(s) {''.join(unseen[:20])!r}{more} not in this tokenizer's vocabulary: "
-                "use only characters of the training text (or a BPE tokenizer, which encodes any text)"
-            ) from None
+        if not set(text) <= self.stoi.keys():
+            raise unknown_characters(set(text) - self.stoi.keys())
+        return [self.stoi[c] for c in text]
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.itos[i] for i in self._check_ids(ids))
@@ -302,6 +307,10 @@ class CharTokenizer(Tokenizer):
     def to_dict(self) -> dict:
         specials = {"special_tokens": list(self.special_tokens)} if self.special_tokens else {}
         return {"type": "char", "chars": self.chars, **specials}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CharTokenizer":
+        return cls(data["chars"], data.get("special_tokens", ()))
 
 
 # GPT-2 style pre-split: contractions, words with their leading space, numbers, punctuation runs and
@@ -428,8 +437,7 @@ def bpe_encode_chunk(chunk: str, ranks: dict[tuple[int, int], int]) -> list[int]
 
 def bpe_merges_wanted(vocab_size: int, special_tokens: list[str]) -> int:
     """How many merges a BPE vocabulary of vocab_size has room for, after the 256 bytes and the special tokens."""
-    if not all(isinstance(s, str) and s for s in special_tokens) or len(set(special_tokens)) != len(special_tokens):
-        raise ValueError(f"special tokens must be distinct, non-empty strings, got {special_tokens!r}")
+    check_special_tokens(special_tokens)
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} (256 byte tokens + "
                          f"{len(special_tokens)} special tokens), got {vocab_size}: use a larger vocab size")
@@ -437,11 +445,8 @@ def bpe_merges_wanted(vocab_size: int, special_tokens: list[str]) -> int:
 
 
 class BPETokenizer(Tokenizer):
-    """Byte-level byte-pair encoding (BPE), as in GPT-2, written from scratch.
-
-    Ids 0-255 are the raw UTF-8 bytes, so any string at all can be encoded; merge i (a pair of ids
-    that often stand side by side) becomes id 256 + i. Special tokens come after the merges, whole.
-    """
+    """Byte-level byte-pair encoding (BPE), as in GPT-2: ids 0-255 are the UTF-8 bytes, so any text can be
+    encoded; merge i (a pair of ids that often stand side by side) is id 256 + i; then the special tokens."""
 
     kind = "bpe"
 
@@ -462,7 +467,6 @@ class BPETokenizer(Tokenizer):
     def train(cls, text: str, vocab_size: int, special_tokens: Sequence[str] = (),
               pattern: str = SPLIT_PATTERN) -> "BPETokenizer":
         """Learn `vocab_size - 256 - len(special_tokens)` merges from `text` (with learn_merges)."""
-        special_tokens = list(special_tokens)
         merges = learn_merges(text, bpe_merges_wanted(vocab_size, special_tokens), special_tokens, pattern)
         return cls(merges, {s: 256 + len(merges) + i for i, s in enumerate(special_tokens)}, pattern)
 
@@ -497,15 +501,19 @@ class BPETokenizer(Tokenizer):
         return {"type": "bpe", "pattern": self.pattern, "merges": [list(m) for m in self.merges],
                 "special_tokens": self.special_tokens}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "BPETokenizer":
+        return cls([tuple(m) for m in data["merges"]], data.get("special_tokens"), data.get("pattern", SPLIT_PATTERN))
+
 
 def tokenizer_of(data: dict) -> Tokenizer:
     """The tokenizer that a saved dict (`to_dict`, or a tokenizer file's JSON) describes.
 
-    It trusts its input: files from elsewhere go through `load_tokenizer` (Part II), which checks them.
+    Each kind of tokenizer (a subclass of Tokenizer: "char", "bpe") rebuilds itself with from_dict. It
+    trusts its input: files from elsewhere go through the toolkit's `load_tokenizer`, which checks them.
     """
-    if data["type"] == "char":
-        return CharTokenizer(data["chars"], data.get("special_tokens", ()))
-    return BPETokenizer([tuple(m) for m in data["merges"]], data.get("special_tokens"), data.get("pattern", SPLIT_PATTERN))
+    kinds = {cls.kind: cls for cls in Tokenizer.__subclasses__()}  # the newest class of each kind
+    return kinds[data["type"]].from_dict(data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -513,8 +521,8 @@ def tokenizer_of(data: dict) -> Tokenizer:
 # ----------------------------------------------------------------------------------------------
 # Before any network: the loss every model here is scored by, and what counting alone achieves
 # (the baselines the transformer has to beat). A token id becomes a learned vector by looking up a
-# row of an nn.Embedding table; a table with vocab_size numbers per token is already a model, the
-# learned bigram. There are no position embeddings: position enters inside attention (section 6).
+# row of an nn.Embedding table (the learned bigram, such a table and nothing else, is in section 9,
+# where it tests the training loop). There are no position embeddings: RoPE, inside attention (section 6).
 
 def cross_entropy_by_hand(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The mean of -log p(target), F.cross_entropy written out step by step.
@@ -540,29 +548,6 @@ def bigram_probs(ids: torch.Tensor, vocab_size: int, smoothing: float = 1.0) -> 
     ones = torch.ones(len(ids) - 1)
     counts.index_put_((ids[:-1], ids[1:]), ones, accumulate=True)  # counts[a, b] += 1 for each neighbouring pair
     return counts / counts.sum(dim=1, keepdim=True)  # each row: a distribution over the next token
-
-
-class BigramLM(nn.Module):
-    """The simplest neural language model: the logits for the next token are a learned row per token.
-
-    A (vocab_size, vocab_size) embedding table is the whole model. It sees one token of context, so
-    at best it learns the counted bigram table (bigram_probs), but it has TinyLLM's interface (token
-    ids in, logits and loss out), so the same training, evaluation and sampling code runs it.
-    The table starts at zero: every token equally likely, exactly the uniform baseline.
-    """
-
-    def __init__(self, cfg: "ModelConfig"):
-        super().__init__()
-        self.config = cfg  # only vocab_size and block_size are used
-        self.logits = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
-        nn.init.zeros_(self.logits.weight)
-
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        logits = self.logits(idx)  # (B, T, V): row idx[b, t] of the table
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())  # (B*T, V) against (B*T,)
-        return logits, loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,10 +644,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with RoPE.
 
-    Each head compares queries with keys in its own subspace of head_dim channels, so different heads
-    can follow different relations (the previous character, the start of the word, ...). The fast
-    path is PyTorch's fused `scaled_dot_product_attention`; set `by_hand = True` to run
-    `attention_by_hand` instead and keep the weights in `self.weights` for plotting.
+    Each head compares queries with keys in its own head_dim channels. The fast path is PyTorch's
+    fused `scaled_dot_product_attention`; `by_hand = True` runs `attention_by_hand` and keeps the
+    weights in `self.weights` for plotting.
     """
 
     def __init__(self, cfg: "ModelConfig"):
@@ -789,6 +773,24 @@ def check_preset(name: str) -> dict[str, dict]:
     return PRESETS[name]
 
 
+def check_model_config(cfg: "ModelConfig") -> None:
+    """Refuse a shape the network cannot take here, rather than with a puzzling error deep in a forward pass."""
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if cfg.d_model % cfg.n_head:
+        raise ValueError(f"d_model ({cfg.d_model}) must be divisible by n_head ({cfg.n_head}): "
+                         "each head gets d_model / n_head channels")
+    if cfg.d_model // cfg.n_head % 2:
+        raise ValueError(f"the head size d_model / n_head = {cfg.d_model // cfg.n_head} must be even: "
+                         "RoPE rotates channels in pairs")
+    if not 0 <= cfg.dropout < 1:
+        raise ValueError(f"dropout must be at least 0 and below 1, got {cfg.dropout}")
+    if not (math.isfinite(cfg.rope_theta) and cfg.rope_theta > 0):
+        raise ValueError(f"rope_theta must be a positive number, got {cfg.rope_theta}")
+
+
 @dataclass
 class ModelConfig:
     """The shape of the network. `from_preset` gives the named sizes; any field can be overridden."""
@@ -803,21 +805,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
-        """Refuse a shape the network cannot take here, rather than with a puzzling error deep in a forward pass."""
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}): "
-                             "each head gets d_model / n_head channels")
-        if self.d_model // self.n_head % 2:
-            raise ValueError(f"the head size d_model / n_head = {self.d_model // self.n_head} must be even: "
-                             "RoPE rotates channels in pairs")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be at least 0 and below 1, got {self.dropout}")
-        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
-            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta}")
+        check_model_config(self)  # a bad shape is a clear error now, not a puzzling one in a forward pass
 
     @classmethod
     def from_preset(cls, name: str, vocab_size: int, **overrides) -> "ModelConfig":
@@ -827,9 +815,8 @@ class ModelConfig:
 class TinyLLM(nn.Module):
     """A decoder-only transformer: embed tokens, n_layer blocks, a final norm, and a head tied to the embedding.
 
-    Compared with GPT-2: RoPE instead of learned position embeddings (relative positions, nothing to
-    learn, and generation can run past the context), RMSNorm instead of LayerNorm, SwiGLU instead of
-    a GELU MLP, and no biases - the recipe of LLaMA and most open models since.
+    Compared with GPT-2: RoPE instead of learned positions, RMSNorm instead of LayerNorm, SwiGLU
+    instead of a GELU MLP, and no biases - the recipe of LLaMA and most open models since.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -864,8 +851,7 @@ class TinyLLM(nn.Module):
                 cache: Optional[list] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Logits (B, T, vocab_size) for token ids idx (B, T), and the cross-entropy loss if targets are given.
 
-        With a `cache` (one KV cache per block, section 12), idx holds only the new tokens and
-        positions continue from what the cache has already seen.
+        With a `cache` (one per block, section 12), idx holds only the new tokens, at the next positions.
         """
         B, T = idx.shape
         start = cache[0].seen if cache else 0
@@ -889,6 +875,21 @@ class TinyLLM(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # 9. The training loop
 # ----------------------------------------------------------------------------------------------
+
+def check_train_config(config: "TrainConfig") -> None:
+    """Refuse settings that would fail later with a puzzling message (a modulo by zero, a NaN loss)."""
+    at_least = {"batch_size": 1, "grad_accum": 1, "max_steps": 1, "eval_interval": 1, "eval_windows": 1,
+                "log_interval": 1, "warmup_steps": 0, "ckpt_interval": 0}
+    for name, low in at_least.items():
+        if not getattr(config, name) >= low:
+            raise ValueError(f"{name} must be at least {low}, got {getattr(config, name)}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"the learning rate must be a positive number, got {config.lr}")
+    if not config.min_lr >= 0:
+        raise ValueError(f"min_lr must be at least 0, got {config.min_lr}")
+    if config.max_time is not None and not config.max_time > 0:
+        raise ValueError(f"max_time must be a positive number of seconds, got {config.max_time}")
+
 
 @dataclass
 class TrainConfig:
@@ -918,18 +919,7 @@ class TrainConfig:
     keep_best: bool = False  # train(): end with the weights of the best evaluation (fit keeps best.pt instead)
 
     def __post_init__(self) -> None:
-        """Refuse settings that would fail later with a puzzling message (a modulo by zero, a NaN loss)."""
-        at_least = {"batch_size": 1, "grad_accum": 1, "max_steps": 1, "eval_interval": 1, "eval_windows": 1,
-                    "log_interval": 1, "warmup_steps": 0, "ckpt_interval": 0}
-        for name, low in at_least.items():
-            if not getattr(self, name) >= low:
-                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"the learning rate must be a positive number, got {self.lr}")
-        if not self.min_lr >= 0:
-            raise ValueError(f"min_lr must be at least 0, got {self.min_lr}")
-        if self.max_time is not None and not self.max_time > 0:
-            raise ValueError(f"max_time must be a positive number of seconds, got {self.max_time}")
+        check_train_config(self)  # settings that would fail later, refused now with a clear message
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -1001,9 +991,8 @@ def evaluate(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: 
              max_windows: Optional[int] = None, autocast_dtype: Optional[torch.dtype] = None) -> float:
     """Mean next-token loss (nats) over non-overlapping windows of `data`, starting at its first token.
 
-    With max_windows, an evenly spaced subset of those windows (cheaper, for evaluations during
-    training). Deterministic: the same model always gets the same number. model.eval() switches
-    dropout off while measuring; model.train() switches it back on.
+    With max_windows, an evenly spaced subset of them (cheaper, during training). Deterministic, and
+    with dropout off (model.eval()) while measuring.
     """
     was_training = model.training
     model.eval()
@@ -1036,10 +1025,8 @@ def forward_backward(model: nn.Module, scaler: torch.amp.GradScaler, batches: Se
                      amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Forward and backward over one or more micro-batches (x, y); returns their mean loss.
 
-    Several micro-batches are gradient accumulation: each backward adds to .grad, so the update sees
-    the gradient of the mean loss over all of them, a batch too big to fit in memory at once.
-    With fp16 the scaler multiplies the loss before backward, so that small gradients do not round
-    to zero; with bf16 or float32 it does nothing.
+    Several micro-batches are gradient accumulation: each backward adds to .grad, as one big batch
+    would. With fp16 the scaler multiplies the loss first, so that small gradients do not round to 0.
     """
     losses = []
     for x, y in batches:
@@ -1115,10 +1102,9 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
           config: TrainConfig) -> list[dict]:
     """Train `model` in place; return the history, one row (a dict) per evaluation.
 
-    Stops after config.max_steps or config.max_time seconds. Interrupting it (Ctrl-C, or the stop
-    button of a notebook) ends training early and still returns the history so far. With
-    config.keep_best, a model that got worse on validation goes back to its best weights. The command
-    line's runs use `fit` (Part II), the same steps plus checkpoints, resume and several GPUs.
+    Stops after max_steps or max_time seconds, or when interrupted (Ctrl-C, a notebook's stop button),
+    keeping what it learned. With keep_best, it ends with the weights of its best evaluation. The
+    toolkit's `fit` is the same steps plus checkpoints, resume and several GPUs.
     """
     device, cfg = pick_device(config.device), model.config
     amp_dtype = choose_precision(device, config.dtype)
@@ -1157,6 +1143,30 @@ def train(model: TinyLLM, train_ids: Sequence[int] | torch.Tensor, val_ids: Sequ
     return state.history
 
 
+# A model whose best loss we know, to test the loop with: the learned bigram.
+class BigramLM(nn.Module):
+    """The simplest neural language model: the logits for the next token are a learned row per token.
+
+    A (vocab_size, vocab_size) embedding table is the whole model. It sees one token of context, so
+    at best it learns the counted bigram table (bigram_probs), but it has TinyLLM's interface (token
+    ids in, logits and loss out), so the same training, evaluation and sampling code runs it.
+    The table starts at zero: every token equally likely, exactly the uniform baseline (section 4).
+    """
+
+    def __init__(self, cfg: "ModelConfig"):
+        super().__init__()
+        self.config = cfg  # only vocab_size and block_size are used
+        self.logits = nn.Embedding(cfg.vocab_size, cfg.vocab_size)
+        nn.init.zeros_(self.logits.weight)
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        logits = self.logits(idx)  # (B, T, V): row idx[b, t] of the table
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())  # (B*T, V) against (B*T,)
+        return logits, loss
+
+
 # ----------------------------------------------------------------------------------------------
 # 10. Training it
 # ----------------------------------------------------------------------------------------------
@@ -1180,9 +1190,8 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional
                  top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Pick the next token from logits (B, V); returns (B, 1).
 
-    temperature 0 is greedy (argmax); otherwise logits / temperature are turned into probabilities,
-    cut to the top_k most likely tokens and/or to the smallest set whose probability reaches top_p
-    (nucleus sampling), and sampled from.
+    temperature 0 is greedy (argmax); otherwise logits / temperature become probabilities, cut to the
+    top_k most likely tokens and/or the smallest set whose probability reaches top_p, and sampled from.
     """
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
@@ -1212,8 +1221,7 @@ def generate_simple(model: TinyLLM, idx: torch.Tensor, max_new_tokens: int, temp
                     seed: Optional[int] = None) -> Iterator[torch.Tensor]:
     """Yield new tokens (B, 1) one at a time, continuing idx (B, T): the plain way.
 
-    Every step runs the model over the last block_size tokens and samples from the logits of the
-    last position, though only that one position is new. Section 12 removes the waste.
+    Every step runs the model over the last block_size tokens, though only the last position is new.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -1239,13 +1247,9 @@ def generate_simple(model: TinyLLM, idx: torch.Tensor, max_new_tokens: int, temp
 class KVCache:
     """The keys and values one attention layer has computed so far, so each new token costs one step.
 
-    It holds block_size slots. Once full, a new token overwrites the oldest slot (a ring buffer), so
-    the model keeps attending to exactly the last block_size tokens. With RoPE nothing needs
-    recomputing when the window slides: keys carry their absolute rotations, and a query's dot product
-    with them depends only on the distance between the two. (Unlike re-running the model on the
-    cropped window, the remembered keys and values still reflect the earlier context they were
-    computed in, as in sliding-window attention; a single query attends to a set of keys, so their
-    order in the buffer does not matter.)
+    block_size slots; once full, a new token overwrites the oldest (a ring buffer). With RoPE nothing
+    needs recomputing: keys keep their rotations, and scores depend only on distances. The order of
+    the slots does not matter, since a single query attends to all of them at once.
     """
 
     def __init__(self, batch_size: int, n_head: int, size: int, head_dim: int,
@@ -1280,8 +1284,7 @@ def generate_tokens(model: TinyLLM, idx: torch.Tensor, max_new_tokens: int, temp
                     use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield new tokens (B, 1) one at a time, continuing idx (B, T): the fast way, with a KV cache.
 
-    The prompt (cropped to its last block_size tokens) is run once; each later step feeds only the
-    newest token and reuses the keys and values the cache keeps. use_cache=False is generate_simple.
+    The prompt runs once; each later step feeds only the newest token. use_cache=False is generate_simple.
     """
     if not use_cache:
         yield from generate_simple(model, idx, max_new_tokens, temperature, top_k, top_p, seed)
@@ -1309,8 +1312,7 @@ def generate(model: TinyLLM, idx: torch.Tensor, max_new_tokens: int, temperature
              on_token: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Continue the token ids idx (B, T) by up to max_new_tokens; returns (B, T + n).
 
-    `on_token` is called with each new token of the first row as it comes (streaming), and
-    generation stops early once every row has produced `stop_token`.
+    `on_token` gets each new token of the first row (streaming); all rows at `stop_token` stops it.
     """
     out = [idx]
     for token in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
@@ -1521,11 +1523,11 @@ def chat_tokenizer(base: Optional[Tokenizer] = None) -> Tokenizer:
     if base is None:
         return CharTokenizer(CHAT_CHARS, CHAT_TOKENS)
     specials = list(base.special_tokens) + [t for t in CHAT_TOKENS if t not in base.special_tokens]
-    if isinstance(base, CharTokenizer):
+    if base.kind == "char":
         return CharTokenizer(base.chars + CHAT_CHARS, specials)
-    if isinstance(base, BPETokenizer):
+    if base.kind == "bpe":  # a BPETokenizer (section 3.2): the same merges, the chat tokens after them
         first = 256 + len(base.merges)
-        return BPETokenizer(base.merges, {s: first + i for i, s in enumerate(specials)}, base.pattern)
+        return type(base)(base.merges, {s: first + i for i, s in enumerate(specials)}, base.pattern)
     raise ValueError(f"cannot add chat tokens to a {type(base).__name__}")
 
 
@@ -1541,10 +1543,9 @@ def chat_token_ids(tokenizer: Tokenizer) -> tuple[int, int, int]:
 def encode_chat(tokenizer: Tokenizer, messages: list[dict], reply_next: bool = False) -> tuple[list[int], list[int]]:
     """The token ids of a conversation, and its loss mask (1: a token the model is trained to say).
 
-    Each message is its speaker's token, its text, then <|end|>. The tokens are added by id and the
-    text goes through encode_ordinary, so typed text can never become one. The mask covers the
-    assistant's text AND its <|end|>: that is how the model learns to stop. With reply_next, the ids
-    end with <|assistant|>, the prompt for the next reply.
+    Each message is its speaker's token (added by id), its text (through encode_ordinary, so typed
+    text never becomes a special token), then <|end|>. The mask covers the assistant's text AND its
+    <|end|>: that is how the model learns to stop. With reply_next, the ids end with <|assistant|>.
     """
     user, assistant, end = chat_token_ids(tokenizer)
     ids: list[int] = []
@@ -1567,14 +1568,12 @@ def encode_chat(tokenizer: Tokenizer, messages: list[dict], reply_next: bool = F
 def grow_vocab(model: TinyLLM, old: Tokenizer, new: Tokenizer, seed: int = 0) -> TinyLLM:
     """A copy of `model` for the larger vocabulary of `new`: every old token's row moves to its new id.
 
-    A character's id can change (ids follow sorted characters, and "0" sorts before "A"), so rows
-    are matched by token, not by position. New rows start at the mean of the old ones plus a little
-    noise: a token the model has never seen, that it considers no more likely than an average one.
-    The head is tied to the embedding, so it grows too, and old tokens keep their logits.
+    Rows are matched by token, not position (a character's id can change: "0" sorts before "A"). New
+    rows start at the mean of the old ones plus a little noise; the tied head grows with them.
     """
-    if isinstance(old, CharTokenizer) and isinstance(new, CharTokenizer):
+    if old.kind == new.kind == "char":
         pairs = [(i, new.stoi.get(c)) for c, i in old.stoi.items()]
-    elif isinstance(old, BPETokenizer) and isinstance(new, BPETokenizer) and old.merges == new.merges:
+    elif old.kind == new.kind == "bpe" and old.merges == new.merges:
         pairs = [(i, i) for i in range(256 + len(old.merges))]
     else:
         raise ValueError("the new tokenizer must be the old one with tokens added (use chat_tokenizer)")
@@ -1603,8 +1602,7 @@ class ChatData:
 def chat_data(tokenizer: Tokenizer, conversations: list[list[dict]], block_size: int) -> ChatData:
     """Encode conversations into one stream, and find the user turns a window can start at.
 
-    A window starts where a user turn starts, so no answer is trained without its question, and
-    only where the assistant's reply (with its <|end|>) ends inside the window.
+    A window starts at a user turn whose reply (with its <|end|>) ends inside it: no answer without its question.
     """
     ids: list[int] = []
     mask: list[int] = []
@@ -1627,8 +1625,7 @@ def chat_windows(data: ChatData, starts: torch.Tensor, block_size: int,
                  masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs x and targets y (B, T) for windows at `starts`; with `masked`, targets outside the mask are -100.
 
-    -100 is cross_entropy's ignore_index: those positions add nothing to the loss or the gradient,
-    so the forward pass and train_step need no change at all.
+    -100 is cross_entropy's ignore_index: those positions add nothing to the loss, and nothing changes.
     """
     idx = starts[:, None] + torch.arange(block_size + 1)  # (B, T + 1)
     chunk, said = data.ids[idx], data.mask[idx]
@@ -1660,8 +1657,7 @@ def assistant_loss(model: TinyLLM, data: ChatData, windows: int = 64) -> float:
 def chat_eval(model: TinyLLM, tokenizer: Tokenizer, questions: Sequence[tuple[str, str]], budget: int = 32) -> dict:
     """Greedy replies to one-turn questions: the share exactly right, and the share that ended with <|end|>.
 
-    A reply is right if it ends with <|end|> within `budget` tokens and its text is exactly the
-    expected one: no judge model needed. Prompts of the same length run as one batch.
+    Right means: <|end|> within `budget` tokens, and exactly the expected text. Same-length prompts run as one batch.
     """
     end = chat_token_ids(tokenizer)[2]
     device = model.embed.weight.device
@@ -1682,8 +1678,7 @@ def finetune(model: TinyLLM, data: ChatData, config: TrainConfig, masked: bool =
              on_eval: Optional[Callable[[TinyLLM], dict]] = None) -> list[dict]:
     """Fine-tune on conversations: section 9's loop with the same train_step; only the batches are new.
 
-    Every eval_interval steps, and at the end, adds a row to the history: step, seconds, the mean
-    training loss since the last row, and whatever `on_eval(model)` measures.
+    Every eval_interval steps, and at the end, a history row: step, seconds, training loss, and `on_eval(model)`.
     """
     device = pick_device(config.device)
     amp_dtype = choose_precision(device, config.dtype)
@@ -1712,9 +1707,8 @@ def finetune(model: TinyLLM, data: ChatData, config: TrainConfig, masked: bool =
 def fit_context(tokenizer: Tokenizer, messages: list[dict], block_size: int, reserve: int) -> list[int]:
     """The prompt for the next reply: the newest turns that fit in the context, each one whole.
 
-    `reserve` tokens are kept free for the reply. The oldest turns are dropped first, and the kept
-    part always starts with a user turn, as every training window did. A newest turn too long to
-    fit on its own is an error: cutting it would answer a question nobody asked.
+    `reserve` tokens are kept free for the reply; the kept part starts with a user turn, as every
+    training window did. A turn too long on its own is an error: cut, it would be a new question.
     """
     turns = [encode_chat(tokenizer, [m])[0] for m in messages]
     room = block_size - reserve - 1  # 1: the <|assistant|> token that opens the reply
@@ -1735,9 +1729,8 @@ def chat(model: TinyLLM, tokenizer: Tokenizer, messages: list[dict], max_new_tok
          reserve: Optional[int] = None) -> str:
     """The assistant's reply to `messages` (dicts with "role" and "content", the last one the user's).
 
-    Greedy by default. The reply ends at <|end|> (or any chat token) or after max_new_tokens;
-    `on_text` receives it piece by piece. Older turns are dropped to fit the context (fit_context),
-    keeping `reserve` tokens for the reply (default: a quarter of the context).
+    Greedy by default; it ends at a chat token or after max_new_tokens, and `on_text` gets it piece by
+    piece. Older turns are dropped to fit the context, keeping `reserve` tokens (a quarter) for it.
     """
     if not messages or messages[-1].get("role") != "user":
         raise ValueError("the conversation must end with a user message")

@@ -9,7 +9,14 @@ the cell layout live in chapter/NN-*.md, read in file-name order, where
     ```tinyllm           a code cell made of these tinyllm.py definitions (names separated by spaces),
                          copied from the *current* tinyllm.py
     ```tinyllm-imports   a code cell with tinyllm.py's Part I imports, then these lines
+    ```python-form       a Colab form cell, verbatim: its first line is `#@title Short description`
+    ```tinyllm-form      a Colab form cell: the `#@title ...` line, then tinyllm.py definitions as in ```tinyllm
     <!-- cell -->        ends one markdown cell and starts the next
+
+Form cells are for plumbing (downloads, checks of files, plot helpers, the exercise checker): Colab
+shows them as one titled line, and every code cell whose first line is `#@title` gets
+`cellView: form` in its metadata. A heading that ends in `(optional)` starts optional depth, which
+the core path does not need (tests/test_notebook.py measures the core path).
 
 and everything else is markdown ({{COLAB_URL}} becomes the badge's link). Commands:
 
@@ -46,6 +53,47 @@ DATA_DIR = Path("data")'''
 
 FOOTER = re.compile(r"# Footer\b")  # the line in tinyllm.py where its module-only footer begins
 
+# The core path: what every student reads and runs. Optional depth starts at a heading that ends in
+# "(optional)" and lasts until the next heading of the same or a higher level that does not; folded
+# form cells (plumbing) are not counted as code. Study time: prose at 150 words, code at 20 lines a minute.
+HEADING = re.compile(r"^(#{1,6}) (.+?)\s*$", re.M)
+WORDS_PER_MINUTE, LINES_PER_MINUTE = 150, 20
+
+
+def is_form(source: str) -> bool:
+    """A Colab form cell: its first line is `#@title ...`, and Colab shows it folded, as that title."""
+    return source.startswith("#@title")
+
+
+def core_flags(cells: list[tuple[str, str]]) -> list[bool]:
+    """For each (cell_type, source), whether it is on the core path (outside every optional section)."""
+    flags, level = [], None
+    for kind, text in cells:
+        if kind == "markdown":
+            for hashes, title in HEADING.findall(text):
+                optional = title.endswith("(optional)")
+                if level is not None and len(hashes) <= level and not optional:
+                    level = None
+                elif optional and (level is None or len(hashes) <= level):
+                    level = len(hashes)
+        flags.append(level is None)
+    return flags
+
+
+def code_lines(source: str) -> int:
+    return sum(1 for line in source.splitlines() if line.strip())
+
+
+def core_size(cells: list[tuple[str, str]]) -> tuple[int, int, int]:
+    """The core path's words of markdown, non-blank code lines (form cells excluded), and study minutes."""
+    words = lines = 0
+    for (kind, text), core in zip(cells, core_flags(cells)):
+        if core and kind == "markdown":
+            words += len(text.split())
+        elif core and not is_form(text):
+            lines += code_lines(text)
+    return words, lines, round(words / WORDS_PER_MINUTE + lines / LINES_PER_MINUTE)
+
 
 class Module:
     """tinyllm.py (less its footer) taken apart: its imports and its top-level definitions, by name."""
@@ -79,7 +127,7 @@ class Module:
 
 
 def read_chapter(directory: Path = CHAPTER_DIR) -> list[tuple[str, str]]:
-    """The chapter's cells as (kind, text): kind is markdown, python, tinyllm or tinyllm-imports."""
+    """The chapter's cells as (kind, text): kind is markdown, python, tinyllm, tinyllm-imports or a -form."""
     cells: list[tuple[str, str]] = []
     for path in sorted(directory.glob("[0-9]*.md")):
         markdown: list[str] = []
@@ -92,7 +140,7 @@ def read_chapter(directory: Path = CHAPTER_DIR) -> list[tuple[str, str]]:
             markdown.clear()
 
         for line in lines:
-            fence = re.fullmatch(r"```(python|tinyllm|tinyllm-imports)\s*", line)
+            fence = re.fullmatch(r"```(python|tinyllm|tinyllm-imports|python-form|tinyllm-form)\s*", line)
             if fence:
                 flush()
                 body = []
@@ -102,7 +150,10 @@ def read_chapter(directory: Path = CHAPTER_DIR) -> list[tuple[str, str]]:
                     body.append(inner)
                 else:
                     raise SystemExit(f"build_notebook: {path.name}: a ```{fence.group(1)} block is never closed")
-                cells.append((fence.group(1), "\n".join(body).strip("\n")))
+                kind, source = fence.group(1), "\n".join(body).strip("\n")
+                if kind.endswith("-form") and not source.startswith("#@title "):
+                    raise SystemExit(f"build_notebook: {path.name}: a ```{kind} block must start with '#@title ...'")
+                cells.append((kind, source))
             elif line.strip() == "<!-- cell -->":
                 flush()
             else:
@@ -116,21 +167,32 @@ def build(module: Module, chapter: list[tuple[str, str]]) -> list[tuple[str, str
     placed: list[str] = []
     cells = []
     for kind, text in chapter:
+        title = ""
+        if kind == "tinyllm-form":
+            title, _, text = text.partition("\n")
+            kind, title = "tinyllm", title + "\n"
         if kind == "tinyllm":
             names = text.split()
             unknown = [n for n in names if n not in module.defs]
             if unknown:
                 raise SystemExit(f"build_notebook: the chapter names {unknown}, which Part I of tinyllm.py does not define")
             placed += names
-            text = "\n\n\n".join(NOTEBOOK_DATA_DIR if n == "DATA_DIR" else module.defs[n] for n in names)
+            text = title + "\n\n\n".join(NOTEBOOK_DATA_DIR if n == "DATA_DIR" else module.defs[n] for n in names)
         elif kind == "tinyllm-imports":
-            text = "\n".join(module.imports) + ("\n\n" + text if text else "")
+            if is_form(text):  # a form cell: the title first, then the imports
+                title, _, text = text.partition("\n")
+                title += "\n"
+            text = title + "\n".join(module.imports) + ("\n\n" + text.strip("\n") if text.strip() else "")
         cells.append(("markdown" if kind == "markdown" else "code", text))
     twice = sorted({n for n in placed if placed.count(n) > 1})
     missing = [n for n in module.defs if n not in placed]
     if twice or missing:
         raise SystemExit(f"build_notebook: every Part I definition goes in the chapter once; placed twice: {twice}; "
                          f"missing: {missing} (add them to a ```tinyllm block in chapter/)")
+    words, lines, minutes = core_size(cells)  # the introduction states them (each placeholder is one word)
+    kind, first = cells[0]
+    first = first.replace("{{CORE_WORDS}}", f"{words:,}").replace("{{CORE_LINES}}", f"{lines:,}")
+    cells[0] = (kind, first.replace("{{CORE_MINUTES}}", str(minutes)))
     return cells
 
 
@@ -142,6 +204,8 @@ def make_notebook(cells: list[tuple[str, str]]):
     for i, (kind, text) in enumerate(cells):
         cell = new_code_cell(text) if kind == "code" else new_markdown_cell(text)
         cell.id = f"cell-{i:03d}"  # stable ids, so that rebuilding gives the same file
+        if kind == "code" and is_form(text):
+            cell.metadata["cellView"] = "form"  # Colab shows the title and hides the code until clicked
         nb.cells.append(cell)
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},

@@ -1,4 +1,4 @@
-"""The chapter's stepping stones in tinyllm.py's sections 4 and 5: each step equals the one before.
+"""The chapter's stepping stones (tinyllm.py sections 4, 5 and 9): each step equals the one before.
 
 The baselines (cross-entropy by hand, the counted and the learned bigram) and attention built up
 from one head to the fused multi-head layer.

@@ -30,8 +30,9 @@ TOOLKIT_DIR = ROOT / "tinyllm_toolkit"
 MAX_LINES = 60  # the longest Part I definition and the longest notebook code cell
 MACHINERY = ("torch.distributed", "import signal", "signal.", "fsync", "os.replace")  # never in the chapter
 
-# Functions only the notebook defines: plotting helpers, the reader's exercise answers, self-checks.
-NOTEBOOK_ONLY_PREFIXES = ("plot_", "my_", "check_exercise")
+# Functions only the notebook defines: plotting helpers, the reader's exercise answers, self-checks,
+# and the small helpers of a demonstration (section 8's few-second training, the block without residuals).
+NOTEBOOK_ONLY_PREFIXES = ("plot_", "my_", "check_exercise", "demo_")
 
 # Module-level constants allowed to differ: the notebook caches data next to itself.
 DIFFERENT_CONSTANTS = {"DATA_DIR"}
@@ -74,7 +75,9 @@ def part_two_names() -> set[str]:
     names: set[str] = set()
     for path in sorted(TOOLKIT_DIR.glob("*.py")):
         defs, consts, _ = top_level(ast.parse(path.read_text(encoding="utf-8")))
-        names |= set(defs) | set(consts)
+        type_vars = {name for name, node in consts.items() if isinstance(node.value, ast.Call)
+                     and getattr(node.value.func, "id", None) == "TypeVar"}  # T = TypeVar("T"): a type, not an API name
+        names |= set(defs) | set(consts) - type_vars
     return names
 
 
@@ -321,3 +324,197 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert text.count(": not solved yet") >= 8 and text.count(": correct!") >= 8, f"exercise checks: {n} lines\n{text[-2000:]}"
     assert "Google Drive is not available" not in text, "KEEP_ON_DRIVE is off by default: Drive is never touched"
     assert not (tmp_path / "data").exists(), "the data should come from TINYLLM_DATA_DIR, not a download"
+
+
+# ------------------------------------------------------------------------------------------------
+# One sitting: the core path, the optional depth, the plumbing in form cells
+# ------------------------------------------------------------------------------------------------
+
+CORE_MAX_WORDS, CORE_MAX_LINES = 5_500, 1_100  # about 90 minutes at 150 words and 20 code lines a minute
+WHOLE_MAX_LINES = 2_424  # the whole notebook no bigger than before the core path was cut out (issue 17)
+HEADING = re.compile(r"^(#{1,6}) (.+?)\s*$", re.M)
+# The plumbing that must sit in folded form cells, out of the core path's reading.
+PLUMBING = {"download_dataset", "load_text", "DATASETS", "pick_device", "plot_architecture", "plot_matrix",
+            "check_exercise", "Tokenizer", "PRESETS", "choose_precision", "make_conversations"}
+
+
+def is_form(cell) -> bool:
+    return cell.cell_type == "code" and cell.source.startswith("#@title")
+
+
+def core_flags(nb) -> list[bool]:
+    """Whether each cell is on the core path: outside every section whose heading ends in "(optional)".
+
+    An optional section lasts until the next heading of the same or a higher level that is not optional.
+    """
+    flags, level = [], None
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for hashes, title in HEADING.findall(cell.source):
+                optional = title.endswith("(optional)")
+                if level is not None and len(hashes) <= level and not optional:
+                    level = None
+                elif optional and (level is None or len(hashes) <= level):
+                    level = len(hashes)
+        flags.append(level is None)
+    return flags
+
+
+def nonblank(source: str) -> int:
+    return sum(1 for line in source.splitlines() if line.strip())
+
+
+def study_minutes(cells) -> float:
+    """Reading time by the issue's rule: markdown at 150 words a minute, code (not form cells) at 20 lines."""
+    words = sum(len(c.source.split()) for c in cells if c.cell_type == "markdown")
+    lines = sum(nonblank(c.source) for c in cells if c.cell_type == "code" and not is_form(c))
+    return words / 150 + lines / 20
+
+
+def core_cells(nb) -> list:
+    return [cell for cell, core in zip(nb.cells, core_flags(nb)) if core]
+
+
+def test_the_core_path_fits_in_one_sitting():
+    nb = notebook()
+    core = core_cells(nb)
+    words = sum(len(c.source.split()) for c in core if c.cell_type == "markdown")
+    lines = sum(nonblank(c.source) for c in core if c.cell_type == "code" and not is_form(c))
+    assert words <= CORE_MAX_WORDS, f"the core path has {words:,} words of prose (at most {CORE_MAX_WORDS:,})"
+    assert lines <= CORE_MAX_LINES, f"the core path has {lines:,} non-blank code lines (at most {CORE_MAX_LINES:,})"
+    whole = sum(nonblank(c.source) for c in nb.cells if c.cell_type == "code")
+    assert whole <= WHOLE_MAX_LINES, f"the notebook has {whole:,} non-blank code lines (at most {WHOLE_MAX_LINES:,})"
+    first = nb.cells[0].source  # the introduction says how long the core path takes, by the same rule
+    assert f"{words:,} words and {lines:,} lines of code" in first, "the first cell's core-path size is out of date"
+    assert f"about **{round(study_minutes(core))} minutes**" in first, "the first cell's study time is out of date"
+
+
+def test_every_optional_section_says_what_it_adds_and_that_the_core_path_does_not_need_it():
+    nb = notebook()
+    optional = [c for c in nb.cells if c.cell_type == "markdown" and any(
+        t.endswith("(optional)") for _, t in HEADING.findall(c.source))]
+    assert len(optional) >= 10, f"expected the chapter's optional depth, found {len(optional)} optional headings"
+    for cell in optional:
+        heading, _, body = cell.source.partition("\n")
+        assert heading.startswith("#") and heading.endswith("(optional)"), (
+            f"an optional heading must open its markdown cell: {heading[:80]!r}")
+        first_sentence = body.strip().split(". ")[0]
+        assert "core path" in first_sentence, f"{heading}: the first sentence must say the core path does not need it"
+        assert "This section" in first_sentence or "This exercise" in first_sentence, (
+            f"{heading}: the first sentence should say what the section adds")
+
+
+def top_level_names(tree: ast.Module) -> set[str]:
+    """Names a cell binds at its top level (definitions, assignments, loop and with targets, imports)."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                names.add(sub.id)
+            elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                names |= {(a.asname or a.name).split(".")[0] for a in sub.names}
+    return names
+
+
+def names_used(tree: ast.Module) -> set[str]:
+    """Names a cell reads and does not bind itself (annotations left out: with `from __future__ import
+    annotations` they are never evaluated)."""
+    annotations: set[int] = set()
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
+                if a is not None:
+                    bound.add(a.arg)
+                    if a.annotation is not None:
+                        annotations |= {id(n) for n in ast.walk(a.annotation)}
+            if not isinstance(node, ast.Lambda) and node.returns is not None:
+                annotations |= {id(n) for n in ast.walk(node.returns)}
+        elif isinstance(node, ast.AnnAssign):
+            annotations |= {id(n) for n in ast.walk(node.annotation)}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+            and id(n) not in annotations} - bound
+
+
+def test_the_core_path_uses_no_name_defined_only_in_an_optional_section():
+    nb = notebook()
+    flags = core_flags(nb)
+    code = [(ast.parse(c.source), core) for c, core in zip(nb.cells, flags) if c.cell_type == "code"]
+    on_core = set().union(*(top_level_names(t) for t, core in code if core))
+    only_optional = set().union(*(top_level_names(t) for t, core in code if not core)) - on_core
+    assert {"learn_merges", "BPETokenizer", "complete", "MultiHeadAttention"} <= only_optional  # the depth is optional
+    for tree, core in code:
+        if core:
+            used = names_used(tree) & only_optional
+            assert not used, f"a core-path cell uses {sorted(used)}, defined only in optional sections:\n{ast.unparse(tree)[:300]}"
+
+
+def test_plumbing_is_in_form_cells():
+    nb = notebook()
+    forms = [c for c in nb.cells if is_form(c)]
+    assert len(forms) >= 8, f"expected the plumbing in Colab form cells, found {len(forms)}"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert is_form(cell) == (cell.metadata.get("cellView") == "form"), (
+                f"a cell that starts with #@title must have cellView: form, and only those:\n{cell.source[:120]}")
+    in_forms = set().union(*(top_level_names(ast.parse(c.source)) for c in forms))
+    missing = PLUMBING - in_forms
+    assert not missing, f"plumbing outside the folded form cells: {sorted(missing)}"
+
+
+def test_a_trained_transformer_speaks_in_the_first_third_of_the_core_path():
+    nb = notebook()
+    core = core_cells(nb)
+    def trains_and_samples(cell) -> bool:  # a top-level call of section 8's few-second loop, then a sample
+        calls = [line for line in cell.source.splitlines() if not line.startswith((" ", "def "))]
+        return cell.cell_type == "code" and any("demo_quick_train(" in line for line in calls) and any(
+            "demo_sample(" in line for line in calls)
+
+    first = next(i for i, c in enumerate(core) if trains_and_samples(c))
+    assert study_minutes(core[:first + 1]) <= study_minutes(core) / 3, "the first trained sample comes too late"
+    text = "".join(o.get("text", "") for o in core[first].outputs)
+    assert "steps in" in text and len(text) > 200, "the few-second run should print its loss and a sample"
+
+
+def test_exercises_sit_in_their_sections_with_solutions_out_of_sight():
+    nb = notebook()
+    solutions = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Solutions"))
+    checks = {}
+    for i, cell in enumerate(nb.cells):
+        for n in re.findall(r"^check_exercise\((\d+),", cell.source, re.M) if cell.cell_type == "code" else []:
+            checks.setdefault(int(n), []).append(i)
+    assert len(checks) >= 10
+    for n, where in sorted(checks.items()):
+        assert len(where) == 2 and where[0] < solutions < where[1], (
+            f"Exercise {n}: one self-check in its section and one in the Solutions section, at the end")
+    statements = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "**Exercise " in c.source]
+    assert all(i < solutions for i in statements)
+    assert any("predict" in c.source.lower() for c in nb.cells if c.cell_type == "markdown" and "**Exercise " in c.source)
+
+
+def test_notebook_hygiene_fast_switch_and_names_never_rebound():
+    nb = notebook()
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert sum("FAST" in re.sub(r"#.*", "", src) for src in code) == 1, "TINYLLM_FAST is read in one setup cell only"
+    for name in ("text", "model", "tok", "tokenizer", "config"):
+        bound = sum(name in top_level_names(ast.parse(src)) for src in code)
+        assert bound <= 1, f"{name} is bound in {bound} cells: re-running an earlier cell would not do what it says"
+
+
+def test_command_lines_say_they_need_a_clone():
+    for cell in notebook().cells:
+        if cell.cell_type == "markdown" and re.search(r"tinyllm\.py (train|sample|chat|chat-train|export)\b", cell.source):
+            assert "git clone" in cell.source, f"a command line without the clone it needs:\n{cell.source[:300]}"
