@@ -21,11 +21,12 @@ import torch
 from tinyllm import (
     BPETokenizer, CHAT_TOKENS, CharTokenizer, ModelConfig, PRESETS, TinyLLM, Tokenizer, TrainConfig,
     assistant_loss, chat, chat_batch, chat_data, chat_eval, chat_tokenizer, check_preset, choose_precision,
-    complete, fit_context, grow_vocab, held_out_sums, load_text, make_conversations, pick_device,
+    complete, fit_context, grow_vocab, held_out_sums, make_conversations, pick_device,
     prepare_data, sample_token, seed_everything, split_train_val)
 from tinyllm_toolkit.export_hf import export_hf
 from tinyllm_toolkit.export_onnx import ORT_WEB_FILES, export_onnx, export_web
 from tinyllm_toolkit.files import load_checkpoint, remove_stale_temp_files
+from tinyllm_toolkit.inputs import load_text  # the chapter's load_text, with a clear error for each bad input
 from tinyllm_toolkit.runs import fit, is_main_process, load_once_per_machine, same_on_all_ranks, start_distributed
 
 
