@@ -11,9 +11,9 @@
     WebAssembly is compiled and warm. (Headless Chromium's --virtual-time-budget cannot time it: its
     clock stands still.)
 Every run also checks that the tokens are PyTorch's. With --int8, the same for `export --web --int8`,
-and, for the float and the 8-bit `export --onnx` graphs: the loss on the whole validation split of
-the checkpoint's data (nats per character), and how often the 8-bit model's next token is the float
-model's along the float model's 500 greedy tokens (and where their own greedy texts first part).
+and, for the float and the 8-bit models: the loss on the whole validation split of the checkpoint's
+data (nats per character, with `export --onnx`'s graph), and, for the page's model.onnx fed PyTorch's
+500 greedy tokens, how often its next token is PyTorch's (and where its own greedy text first parts).
 
     python bench/bench_web.py --ckpt RUN [--int8] [--playwright DIR] [--chromium PATH] [--reps N]
 
@@ -101,18 +101,22 @@ def session(path: Path) -> onnxruntime.InferenceSession:
 
 
 def cached_generator(site: Path, prompt: list[int], block: int):
-    """n -> the page's model's n greedy tokens after prompt, run by onnxruntime as the page runs it."""
+    """(n, forced) -> the page's model's n greedy tokens after prompt, run by onnxruntime as the page runs it.
+
+    With `forced` (a list of tokens), the model is fed those instead of its own, and what it would
+    have said at each step is returned.
+    """
     step = session(site / "model.onnx")
     shape = json.loads((site / "model.json").read_text())["cache_shape"]
 
-    def generate(n: int) -> list[int]:
+    def generate(n: int, forced: list[int] | None = None) -> list[int]:
         k = v = np.zeros(shape, np.float32)
         feed, seen, out = prompt[-block:], 0, []
-        for _ in range(n):
+        for i in range(n):
             logits, k, v = step.run(None, {"idx": np.array([feed]), "seen": np.array(seen), "k_cache": k, "v_cache": v})
             seen += len(feed)
-            feed = [int(logits[0, -1].argmax())]
-            out += feed
+            out.append(int(logits[0, -1].argmax()))
+            feed = [out[-1] if forced is None else forced[i]]
         return out
 
     return generate
@@ -186,19 +190,17 @@ def int8_report(model, tok, ckpt: dict, folder: Path, want: list[int]) -> None:
     text = tinyllm.load_text((ckpt.get("meta") or {}).get("data", "shakespeare"))
     _, val_ids, chars_per_token = tinyllm.prepare_data(text, tok)
     S, prompt = model.config.block_size, tok.encode(PROMPT)
-    ids = np.array([prompt + want])
-    print(f"\nfloat and int8 (export --onnx), validation split of {len(val_ids):,} tokens, all of it:")
+    print(f"\nfloat and int8, validation split of {len(val_ids):,} tokens, all of it (export --onnx's graph); "
+          f"along PyTorch's {N} greedy tokens (the page's model.onnx):")
     for name, graph in graphs.items():
         loss = val_loss(graph, val_ids, S) / chars_per_token
-        run = session(graph)
-        agree = [int(run.run(None, {"idx": ids[:, max(0, i - S):i]})[0][0, -1].argmax()) == ids[0, i]
-                 for i in range(len(prompt), ids.shape[1])]
         site = folder / ("site" if name == "float" else "site-int8")
-        own = cached_generator(site, prompt, S)(N)
-        parted = next((i for i, (a, b) in enumerate(zip(own, want)) if a != b), "never")
+        run = cached_generator(site, prompt, S)
+        agree = np.mean(np.array(run(N, forced=want)) == np.array(want))  # fed PyTorch's tokens: its next one?
+        parted = next((i for i, (a, b) in enumerate(zip(run(N), want)) if a != b), "never")
         print(f"  {name:5s} model.onnx {(site / 'model.onnx').stat().st_size:10,d} bytes | val loss {loss:.4f} nats/char"
-              f" | next token = float's greedy one: {100 * np.mean(agree):5.1f}% of {N} | its own greedy text parts"
-              f" from float's at token {parted}")
+              f" | next token = PyTorch's greedy one: {100 * agree:5.1f}% of {N} | its own greedy text parts"
+              f" from PyTorch's at token {parted}")
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """Export to ONNX and the web: onnxruntime computes what tinyllm computes, the page generates tinyllm's
-tokens in a real browser, and no export ever writes into a folder that is not its own.
+tokens in a real browser, the chat page answers as `tinyllm.py chat` does, --int8 stays close to the
+float model, no folder export ever writes into a folder that is not its own, and a single ONNX file
+never replaces a file unasked.
 
 onnx and onnxruntime are optional for users (requirements-dev.txt installs them). The page's tests
 need Node, Chromium and onnxruntime-web (`npm ci --prefix web`); without them they are skipped with
@@ -562,6 +564,7 @@ def page_url(base: str, prompt: str, tokens: int, temperature: float = 0.0, **mo
     return base + "index.html?" + urlencode({"prompt": prompt, "tokens": tokens, "temperature": temperature, **more})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run"])
 def test_page_generates_pytorchs_greedy_tokens(run_name, request, chromium, serve, tmp_path):
     """The page's own code, in a browser, continues a prompt longer than the context as `sample` does."""
@@ -575,10 +578,12 @@ def test_page_generates_pytorchs_greedy_tokens(run_name, request, chromium, serv
     new = tinyllm.generate(model, torch.tensor([tok.encode(PROMPT)]), n, temperature=0)[0, -n:].tolist()  # with the cache
     base = serve(site)
     assert open_page(chromium, page_url(base, PROMPT, n), tmp_path) == ("done", PROMPT + tok.decode(new))
-    # top-k 1 samples the most likely token: the sampling path gives the greedy text too
+    # top-k 1, or a tiny top-p, samples the most likely token: the sampling path gives the greedy text too
     assert open_page(chromium, page_url(base, PROMPT, n, 0.8, top_k=1, seed=1), tmp_path) == ("done", PROMPT + tok.decode(new))
+    assert open_page(chromium, page_url(base, PROMPT, n, 0.8, top_p=1e-6, seed=1), tmp_path) == ("done", PROMPT + tok.decode(new))
 
 
+@pytest.mark.slow
 def test_page_without_the_runtime_loads_it_from_the_cdn(chromium, serve, char_run, tmp_path):
     """Runtime files missing beside the page: it takes them from the CDN (a local stand-in here)."""
     site = tinyllm.export_web(char_run, tmp_path / "site")
@@ -591,6 +596,7 @@ def test_page_without_the_runtime_loads_it_from_the_cdn(chromium, serve, char_ru
     assert open_page(chromium, page_url(serve(site), "The king", 5), tmp_path)[0] == "done"
 
 
+@pytest.mark.slow
 def test_page_answers_bad_input_with_a_message(chromium, serve, char_run, tmp_path):
     site = tinyllm.export_web(char_run, tmp_path / "site")
     base = serve(site)
@@ -598,6 +604,8 @@ def test_page_answers_bad_input_with_a_message(chromium, serve, char_run, tmp_pa
     assert state == "error" and "'☃' not in this model's vocabulary" in output.replace('"', "'"), output
     state, output = open_page(chromium, page_url(base, "The king", 10, -1), tmp_path)
     assert state == "error" and output.startswith("temperature must be >= 0"), output
+    state, output = open_page(chromium, page_url(base, "The king", 10, 0.8, top_p=1.5), tmp_path)
+    assert state == "error" and output.startswith("top-p must be above 0 and at most 1"), output
     (site / "model.onnx").write_bytes(b"not a model")
     state, output = open_page(chromium, page_url(base, "The king", 10), tmp_path)
     assert state == "error" and output.startswith("could not load the model"), output
