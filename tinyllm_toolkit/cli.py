@@ -120,8 +120,8 @@ def add_chat(sub) -> None:
     h.set_defaults(func=cmd_chat)
 
 
-INT8_HELP = ("with --onnx or --web: weights in 8 bits (onnxruntime's quantize_dynamic), a quarter of the file; "
-             "see the README for what it costs")
+INT8_HELP = ("with --onnx or --web: weights in 8 bits (onnxruntime's quantize_dynamic), a quarter of the file, "
+             "measured at +0.001 nats/char of validation loss; no faster in a browser (README: Your model in a web page)")
 
 
 def add_export(sub) -> None:
