@@ -68,13 +68,13 @@ def test_load_text_keeps_line_endings_and_drops_a_byte_order_mark(tmp_path):
 
 def test_missing_file_is_a_file_not_found_error_that_says_what_to_give(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file") as err:
-        inputs.load_text(tmp_path / "nope.txt")
+        inputs.load_text_checked(tmp_path / "nope.txt")
     assert "UTF-8 text file" in str(err.value) and "shakespeare" in str(err.value)
 
 
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is a directory: give the path of a UTF-8 text file"):
-        inputs.load_text(tmp_path)
+        inputs.load_text_checked(tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf"], ids=["empty", "only-a-byte-order-mark"])
@@ -82,14 +82,14 @@ def test_an_empty_file_is_refused(tmp_path, content):
     path = tmp_path / "empty.txt"
     path.write_bytes(content)
     with pytest.raises(ValueError, match="is empty: give a file with some text in it"):
-        inputs.load_text(path)
+        inputs.load_text_checked(path)
 
 
 def test_a_file_that_is_not_utf8_is_refused_with_the_offset_and_a_fix(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("café au lait".encode("latin-1"))  # é is the single byte 0xe9 in Latin-1
     with pytest.raises(ValueError, match="not UTF-8") as err:
-        inputs.load_text(path)
+        inputs.load_text_checked(path)
     assert "offset 3" in str(err.value) and "iconv" in str(err.value)
 
 
@@ -98,9 +98,9 @@ def test_a_file_that_is_not_utf8_is_refused_with_the_offset_and_a_fix(tmp_path):
 def test_the_checked_load_text_reads_what_the_chapters_reads(tmp_path, fake_dataset):
     path = tmp_path / "mine.txt"
     path.write_bytes(b"\xef\xbb\xbf" + TEXT.encode("utf-8"))
-    assert inputs.load_text(path) == tinyllm.load_text(path) == TEXT
+    assert inputs.load_text_checked(path) == tinyllm.load_text(path) == TEXT
     _, cache = fake_dataset
-    assert inputs.load_text("tiny", data_dir=cache) == TEXT
+    assert inputs.load_text_checked("tiny", data_dir=cache) == TEXT
 
 
 def test_first_load_downloads_verifies_and_caches(fake_dataset, no_network):

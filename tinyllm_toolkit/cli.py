@@ -26,7 +26,7 @@ from tinyllm import (
 from tinyllm_toolkit.export_hf import export_hf
 from tinyllm_toolkit.export_onnx import ORT_WEB_FILES, export_onnx, export_web
 from tinyllm_toolkit.files import load_checkpoint, remove_stale_temp_files
-from tinyllm_toolkit.inputs import load_text  # the chapter's load_text, with a clear error for each bad input
+from tinyllm_toolkit.inputs import load_text_checked as load_text  # a clear error for each bad input
 from tinyllm_toolkit.runs import fit, is_main_process, load_once_per_machine, same_on_all_ranks, start_distributed
 
 

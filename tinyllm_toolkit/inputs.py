@@ -1,8 +1,8 @@
 """Checked inputs: what the chapter's lean definitions leave out, for the command line and real runs.
 
 The chapter's `load_text` (tinyllm.py, section 2) reads a built-in dataset or a UTF-8 file in a few
-lines. Here it gets a clear error, saying what to do, for every way that can fail: no such file, a
-folder, a file that is empty or not UTF-8. The command line reads its text through this one.
+lines. `load_text_checked` adds a clear error, saying what to do, for every way that can fail (no
+such file, a folder, a file that is empty or not UTF-8); the command line reads its text with it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Optional
 import tinyllm
 
 
-def load_text(source: str | Path, data_dir: Optional[str | Path] = None) -> str:
+def load_text_checked(source: str | Path, data_dir: Optional[str | Path] = None) -> str:
     """`tinyllm.load_text`, with one error that says what to do for each way reading the text can fail."""
     name = str(source)
     path = None
