@@ -285,8 +285,9 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 def summarise(records: list[dict], thresholds: tuple[float, ...] = TRACKS["cpu"].thresholds) -> list[dict]:
     """Per variant: val mean +- std, steps, threshold times, and the paired difference from the baseline.
 
-    "beyond noise" means the difference of the means exceeds twice the larger of the two standard
-    deviations (the spread of single runs), a stricter test than the standard error of the difference.
+    The difference is taken over the seeds both have; "beyond noise" means it exceeds twice the larger of
+    the two standard deviations (the spread of single runs), a stricter test than the standard error of
+    the difference.
     """
     by_variant: dict[str, list[dict]] = {}
     for r in records:
@@ -301,11 +302,10 @@ def summarise(records: list[dict], thresholds: tuple[float, ...] = TRACKS["cpu"]
                "steps": statistics.fmean(r["steps"] for r in rs), "train_s": statistics.fmean(r["train_s"] for r in rs),
                "load": [min(r["load_start"][0] for r in rs), max(r["load_end"][0] for r in rs)],
                "first_below": {f"{t:g}": mean_first([first_below(r["history"], t) for r in rs]) for t in thresholds}}
-        if paired and name != "baseline":
-            b_mean, b_std = mean_std(list(base_val.values()))
-            row["diff"] = mean - b_mean
-            row["paired_diff"] = mean_std(paired)
-            row["beyond_noise"] = abs(mean - b_mean) > 2 * max(std, b_std)
+        if paired and name != "baseline":  # the difference on the seeds both have (the same data order)
+            b_std = mean_std(list(base_val.values()))[1]
+            row["diff"], row["paired_std"] = mean_std(paired)
+            row["beyond_noise"] = abs(row["diff"]) > 2 * max(std, b_std)
         rows.append(row)
     return rows
 
@@ -353,8 +353,9 @@ def read_records(path: Path, **match) -> list[dict]:
     return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
 
-def plot(panels: list[tuple[str, list[dict]]], out_png: Path) -> None:
-    """One panel per measurement kind: val mean +- std per variant, the baseline's mean and its 2σ band."""
+def plot(panels: list[tuple[str, list[dict]]], out_png: Path, ratios: Optional[dict[str, dict]] = None) -> None:
+    """One panel per measurement kind: val mean +- std per variant, the baseline's mean and its 2σ band;
+    each label carries the variant's step time relative to the baseline, where it was measured."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -374,7 +375,9 @@ def plot(panels: list[tuple[str, list[dict]]], out_png: Path) -> None:
             ax.axvline(base["mean"], color="black", lw=0.8)
             if not math.isnan(base["std"]):
                 ax.axvspan(base["mean"] - 2 * base["std"], base["mean"] + 2 * base["std"], color="black", alpha=0.08)
-        ax.set_yticks(range(len(names)), names)
+        ratios = ratios or {}
+        ax.set_yticks(range(len(names)), [f"{n} (step ×{ratios[n]['ratio']:.2f})" if n in ratios else n
+                                          for n in names])
         ax.set_xlabel("validation loss, whole split (nats/char; lower is better)")
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
@@ -388,7 +391,8 @@ def panel_title(label: str, rows: list[dict]) -> str:
     lo = min(r["load"][0] for r in rows)
     hi = max(r["load"][1] for r in rows)
     n = max(r["n"] for r in rows)
-    return f"{label}\n{n} seeds; 1-min load average {lo:.2f}-{hi:.2f} (green/red: beyond 2σ of the baseline)"
+    return (f"{label}, up to {n} seeds; 1-min load average {lo:.2f}-{hi:.2f}\n"
+            "green / red: better / worse than the baseline by more than 2σ; band: baseline ± 2σ")
 
 
 def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Optional[Path], track: str) -> None:
@@ -417,7 +421,7 @@ def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Op
     for title, rows in panels:
         print(f"\n{title.splitlines()[0]}, as Markdown:\n{markdown(rows, latest)}")
     if figure and panels:
-        plot(panels, figure)
+        plot(panels, figure, latest)
 
 
 def parse_args() -> argparse.Namespace:
@@ -429,6 +433,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=None, help="seconds of training (default: the track's)")
     p.add_argument("--steps", type=int, default=None, help="train a fixed number of steps instead of a budget")
     p.add_argument("--seeds", type=int, default=3, help=f"how many seeds, from {SEEDS[0]} on (at most {len(SEEDS)})")
+    p.add_argument("--seed-start", type=int, default=0, help="skip this many seeds of the list (add seeds 4 and 5 "
+                   "to an earlier run: --seed-start 3 --seeds 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the track's; cpu: 2)")
     p.add_argument("--timing", action="store_true", help="step-time ratios instead of runs")
     p.add_argument("--rounds", type=int, default=5, help="timing: rounds of bursts")
@@ -457,10 +463,10 @@ def main() -> None:
     if args.timing:
         timing(variants, track, args.rounds, args.burst, args.out, session)
         return
-    if not 1 <= args.seeds <= len(SEEDS):
-        raise SystemExit(f"--seeds must be between 1 and {len(SEEDS)}")
+    if not (1 <= args.seeds and 0 <= args.seed_start and args.seed_start + args.seeds <= len(SEEDS)):
+        raise SystemExit(f"--seed-start + --seeds must be at most {len(SEEDS)}, with at least one seed")
     budget = None if args.steps else (args.budget or track.budget_s)
-    records = run_interleaved(variants, track, list(SEEDS[:args.seeds]), budget, args.steps, args.out, session)
+    records = run_interleaved(variants, track, list(SEEDS[args.seed_start:args.seed_start + args.seeds]), budget, args.steps, args.out, session)
     label = f"{args.steps} steps each" if args.steps else f"{budget:g} s of training each"
     print_summary(summarise(records, track.thresholds), f"{track.name} track, {label}, {threads or 'default'} threads, session {session}")
 

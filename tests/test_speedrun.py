@@ -29,6 +29,15 @@ def tiny_data(corpus_text: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     return torch.tensor(train_ids), torch.tensor(val_ids), tok.vocab_size
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: on a machine whose cores are shared, two threads wait on each other at every small op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 RUNG_NAMES = [n for n in ladder.VARIANTS if n != "compile"]  # compile: built but not run here (slow to compile)
 
 
