@@ -153,34 +153,14 @@ def download_dataset(name: str, data_dir: Path) -> Path:
 
 
 def load_text(source: str | Path, data_dir: Optional[str | Path] = None) -> str:
-    """Return the text of a built-in dataset (e.g. "shakespeare") or of any UTF-8 text file.
+    """The text of a built-in dataset (e.g. "shakespeare") or of any UTF-8 text file.
 
-    Built-in datasets are downloaded once and cached in `data_dir`, which defaults to the
-    environment variable TINYLLM_DATA_DIR or else the repository's `data/` folder. Every way this
-    can fail (no such file, a folder, empty, not UTF-8, offline) ends in one error saying what to do.
+    A dataset is downloaded once and cached in `data_dir` (default: $TINYLLM_DATA_DIR, else data/).
+    The toolkit's tinyllm_toolkit.inputs.load_text_checked adds a clear error for each way this can fail.
     """
-    source = str(source)
-    if source in DATASETS:
-        data_dir = Path(data_dir or os.environ.get("TINYLLM_DATA_DIR") or DATA_DIR)
-        path = download_dataset(source, data_dir)
-    else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            names = ", ".join(DATASETS)
-            raise FileNotFoundError(f"no such file: {source} (give a path to a UTF-8 text file, or one of: {names})")
-        if path.is_dir():
-            raise ValueError(f"{source} is a directory: give the path of a UTF-8 text file inside it")
-    try:
-        # "utf-8-sig" is UTF-8 that also drops the byte-order mark some Windows editors put first.
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path} is not UTF-8 text (bad byte at offset {e.start}): re-save it as UTF-8 in your editor, "
-            f"or convert it, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}-utf8.txt"
-        ) from None
-    if not text:
-        raise ValueError(f"{path} is empty: give a file with some text in it")
-    return text
+    if str(source) in DATASETS:
+        source = download_dataset(str(source), Path(data_dir or os.environ.get("TINYLLM_DATA_DIR") or DATA_DIR))
+    return Path(source).read_bytes().decode("utf-8-sig")  # "utf-8-sig": UTF-8, minus a byte-order mark
 
 
 def split_train_val(data: Sequence, val_fraction: float = 0.1) -> tuple:
