@@ -301,6 +301,7 @@ def data_dir() -> Path | None:
     return None
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     """Execute a copy (TINYLLM_FAST=1) with nbclient; the committed file is not touched."""
     from nbclient import NotebookClient

@@ -27,7 +27,7 @@ from tinyllm import (
 from tinyllm_toolkit.files import remove_stale_temp_files, save_checkpoint
 
 
-T = TypeVar("T")
+Loaded = TypeVar("Loaded")
 
 
 class TrainingDiverged(RuntimeError):
@@ -360,7 +360,7 @@ def local_gpu() -> int:
     return local_rank % count  # on clusters that show each process its own one GPU (CUDA_VISIBLE_DEVICES), cuda:0
 
 
-def load_once_per_machine(load: Callable[[], T]) -> T:
+def load_once_per_machine(load: Callable[[], Loaded]) -> Loaded:
     """`load()` on every process, but under torchrun the first process of each machine goes first.
 
     A first run downloads the dataset into the cache: if every process did so at once, one could
