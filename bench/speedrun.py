@@ -360,7 +360,7 @@ def plot(panels: list[tuple[str, list[dict]]], out_png: Path, ratios: Optional[d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 0.42 * max(len(r) for _, r in panels) + 1.6),
+    fig, axes = plt.subplots(1, len(panels), figsize=(9.5 * len(panels), 0.42 * max(len(r) for _, r in panels) + 1.6),
                              squeeze=False)
     for ax, (title, rows) in zip(axes[0], panels):
         names = [r["variant"] for r in rows][::-1]
@@ -379,7 +379,7 @@ def plot(panels: list[tuple[str, list[dict]]], out_png: Path, ratios: Optional[d
         ax.set_yticks(range(len(names)), [f"{n} (step ×{ratios[n]['ratio']:.2f})" if n in ratios else n
                                           for n in names])
         ax.set_xlabel("validation loss, whole split (nats/char; lower is better)")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=8.5)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -395,7 +395,8 @@ def panel_title(label: str, rows: list[dict]) -> str:
             "green / red: better / worse than the baseline by more than 2σ; band: baseline ± 2σ")
 
 
-def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Optional[Path], track: str) -> None:
+def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Optional[Path], track: str,
+           timing_sessions: Optional[list[str]] = None) -> None:
     """Tables (and the figure) from the JSONL: equal steps and/or wall clock, and the latest step-time ratios."""
     panels = []
     if steps:
@@ -412,7 +413,8 @@ def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Op
             panels.append((panel_title(f"wall clock ({budget:g} s of training each)", rows), rows))
     latest: dict[str, dict] = {}
     for r in read_records(path, kind="timing", track=track):
-        latest[r["variant"]] = r
+        if not timing_sessions or r["session"] in timing_sessions:
+            latest[r["variant"]] = r
     if latest:
         print("\nstep time relative to the baseline (latest timing session of each variant)")
         for name, r in latest.items():
@@ -441,6 +443,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--burst", type=int, default=30, help="timing: steps per burst")
     p.add_argument("--report", action="store_true", help="print the tables from the results file; no training")
     p.add_argument("--figure", type=Path, default=None, help="with --report: write the ladder figure (PNG)")
+    p.add_argument("--timing-sessions", default=None, help="with --report: the timing sessions to use "
+                   "(comma-separated; default: the latest timing of each variant)")
     p.add_argument("--out", type=Path, default=RESULTS, help="the JSONL file results go to (and --report reads)")
     p.add_argument("--session", default=None, help="a label stored with every record (default: the start time)")
     return p.parse_args()
@@ -450,7 +454,9 @@ def main() -> None:
     args = parse_args()
     track = TRACKS[args.track]
     if args.report:
-        report(args.out, args.steps, args.budget or (None if args.steps else track.budget_s), args.figure, track.name)
+        sessions = args.timing_sessions.split(",") if args.timing_sessions else None
+        report(args.out, args.steps, args.budget or (None if args.steps else track.budget_s), args.figure, track.name,
+               sessions)
         return
     if track.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("the gpu track needs a CUDA GPU, and this machine has none")
