@@ -381,6 +381,15 @@ def load_once_per_machine(load: Callable[[], Loaded]) -> Loaded:
     return result if first else load()
 
 
+def finish_together() -> None:
+    """Under torchrun, wait until every process is done (rank 0 reports and samples last), then leave.
+
+    A process that left the group while rank 0 still worked could close gloo's connections under it.
+    """
+    if is_distributed():
+        torch.distributed.barrier()
+
+
 def same_on_all_ranks(value):
     """Rank 0's `value` (any picklable object) on every process, e.g. the run directory named by its clock."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
