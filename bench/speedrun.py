@@ -399,18 +399,13 @@ def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Op
            timing_sessions: Optional[list[str]] = None) -> None:
     """Tables (and the figure) from the JSONL: equal steps and/or wall clock, and the latest step-time ratios."""
     panels = []
-    if steps:
-        rows = summarise(read_records(path, kind="run", track=track, mode="steps", steps_target=steps),
-                         TRACKS[track].thresholds)
+    views = [("steps", dict(steps_target=steps), f"equal steps ({steps} each)") if steps else None,
+             ("budget", dict(budget_s=budget), f"wall clock ({budget:g} s of training each)") if budget else None]
+    for mode, match, label in filter(None, views):
+        rows = summarise(read_records(path, kind="run", track=track, mode=mode, **match), TRACKS[track].thresholds)
         if rows:
-            print_summary(rows, f"equal steps: {steps} steps each")
-            panels.append((panel_title(f"equal steps ({steps} each)", rows), rows))
-    if budget:
-        rows = summarise(read_records(path, kind="run", track=track, mode="budget", budget_s=budget),
-                         TRACKS[track].thresholds)
-        if rows:
-            print_summary(rows, f"wall clock: {budget:g} s of training each")
-            panels.append((panel_title(f"wall clock ({budget:g} s of training each)", rows), rows))
+            print_summary(rows, label)
+            panels.append((panel_title(label, rows), rows))
     latest: dict[str, dict] = {}
     for r in read_records(path, kind="timing", track=track):
         if not timing_sessions or r["session"] in timing_sessions:

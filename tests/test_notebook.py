@@ -219,13 +219,7 @@ def test_section_headings_match_the_module():
 
 def test_notebook_is_built_from_the_current_sources():
     """The committed notebook's cells are exactly what .ci/build_notebook.py makes of today's tinyllm.py."""
-    spec = importlib.util.spec_from_file_location("build_notebook", BUILDER_PATH)
-    builder = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = builder  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(builder)
-    finally:
-        del sys.modules[spec.name]
+    builder = load_builder()
     cells = builder.build(builder.Module(MODULE_PATH), builder.read_chapter())
     have = [(c.cell_type, c.source) for c in notebook().cells]
     assert have == cells, "tiny_llm.ipynb is out of date: run python .ci/build_notebook.py --execute"
@@ -343,22 +337,22 @@ def is_form(cell) -> bool:
     return cell.cell_type == "code" and cell.source.startswith("#@title")
 
 
-def core_flags(nb) -> list[bool]:
-    """Whether each cell is on the core path: outside every section whose heading ends in "(optional)".
+def load_builder():
+    """.ci/build_notebook.py as a module: the builder's own rules, shared with these tests."""
+    spec = importlib.util.spec_from_file_location("build_notebook", BUILDER_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
 
-    An optional section lasts until the next heading of the same or a higher level that is not optional.
-    """
-    flags, level = [], None
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for hashes, title in HEADING.findall(cell.source):
-                optional = title.endswith("(optional)")
-                if level is not None and len(hashes) <= level and not optional:
-                    level = None
-                elif optional and (level is None or len(hashes) <= level):
-                    level = len(hashes)
-        flags.append(level is None)
-    return flags
+
+def core_flags(nb) -> list[bool]:
+    """Whether each cell is on the core path: outside every section whose heading ends in "(optional)"
+    (the builder's rule, applied to the committed notebook)."""
+    return load_builder().core_flags([(cell.cell_type, cell.source) for cell in nb.cells])
 
 
 def nonblank(source: str) -> int:
