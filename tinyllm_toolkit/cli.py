@@ -27,8 +27,8 @@ from tinyllm_toolkit.export_hf import export_hf
 from tinyllm_toolkit.export_onnx import ORT_WEB_FILES, export_onnx, export_web
 from tinyllm_toolkit.files import load_checkpoint, remove_stale_temp_files
 from tinyllm_toolkit.inputs import load_text_checked as load_text  # a clear error for each bad input
-from tinyllm_toolkit.runs import (fit, finish_together, is_main_process, load_once_per_machine, same_on_all_ranks,
-                                  start_distributed)
+from tinyllm_toolkit.runs import (fit, finish_together, is_distributed, is_main_process, load_once_per_machine,
+                                  same_on_all_ranks, start_distributed)
 
 
 CHAT_MAX_TIME = 120.0  # chat-train's default budget in seconds (bench/README.md, "Chat": what it buys on 2 CPU cores)
@@ -489,7 +489,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 1
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed():
             torch.distributed.destroy_process_group()  # a torchrun process leaves its group, also after an error
 
 

@@ -34,9 +34,14 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def is_distributed() -> bool:
+    """True inside a torch.distributed process group (a torchrun run)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of a torch.distributed run (only rank 0 logs and saves)."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    return not is_distributed() or torch.distributed.get_rank() == 0
 
 
 class StopOnSigint:
@@ -88,10 +93,6 @@ def restore_rng_states(rng: dict, generator: torch.Generator, device: torch.devi
     cuda = rng.get("cuda") or [None] * world
     if device.type == "cuda" and cuda[rank] is not None:
         torch.cuda.set_rng_state(cuda[rank].cpu(), device)
-
-
-def is_distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class MicroBatchScaler:
@@ -392,7 +393,7 @@ def finish_together() -> None:
 
 def same_on_all_ranks(value):
     """Rank 0's `value` (any picklable object) on every process, e.g. the run directory named by its clock."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         box = [value]
         torch.distributed.broadcast_object_list(box, src=0)
         value = box[0]
