@@ -36,6 +36,7 @@ class Variant:
     arch: tuple[str, ...] = ()  # model changes, from ARCH_OPTIONS
     train: dict = field(default_factory=dict)  # TrainConfig overrides (lr, min_lr, warmup_steps)
     muon: bool = False
+    muon_lr: Optional[float] = None  # Muon's peak LR when not MUON_LR
     batch_ramp: bool = False
     compile: bool = False
     bf16: bool = False
@@ -51,6 +52,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("baseline", "today's cpu preset, unchanged"),
     Variant("muon", f"Muon (lr {MUON_LR}, momentum 0.95, Nesterov, 5 Newton-Schulz steps) for the blocks' "
             "weight matrices, AdamW for embedding and gains", muon=True),
+    Variant("muon_lr", "Muon at lr 0.04 (2x PyTorch's example) for the same matrices", muon=True, muon_lr=0.04),
     Variant("relu2", "squared ReLU MLP, hidden 1.5 x d_ff, so its parameters equal SwiGLU's", arch=("relu2",)),
     Variant("qk_norm", "RMSNorm on each head's queries and keys before RoPE", arch=("qk_norm",)),
     Variant("untied", "a separate output head instead of the tied embedding", arch=("untied",)),
@@ -72,7 +74,9 @@ def combine(names: list[str]) -> Variant:
     arch = tuple(dict.fromkeys(a for p in parts for a in p.arch))
     train = {k: v for p in parts for k, v in p.train.items()}
     return Variant("+".join(names), "combination: " + "; ".join(p.why for p in parts), arch=arch, train=train,
-                   muon=any(p.muon for p in parts), batch_ramp=any(p.batch_ramp for p in parts),
+                   muon=any(p.muon for p in parts),
+                   muon_lr=max((p.muon_lr for p in parts if p.muon_lr), default=None),
+                   batch_ramp=any(p.batch_ramp for p in parts),
                    compile=any(p.compile for p in parts), bf16=any(p.bf16 for p in parts))
 
 
@@ -246,7 +250,9 @@ class _Without(nn.Module):
 
 def build_optimizer(variant: Variant, model: nn.Module, config: tinyllm.TrainConfig):
     """Part I's AdamW, or Muon + AdamW for the muon rung."""
-    return MuonWithAdamW(model, config) if variant.muon else tinyllm.make_optimizer(model, config)
+    if variant.muon:
+        return MuonWithAdamW(model, config, variant.muon_lr or MUON_LR)
+    return tinyllm.make_optimizer(model, config)
 
 
 def set_lr(optimizer, lr: float) -> None:
