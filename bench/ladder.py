@@ -37,6 +37,7 @@ class Variant:
     train: dict = field(default_factory=dict)  # TrainConfig overrides (lr, min_lr, warmup_steps)
     muon: bool = False
     muon_lr: Optional[float] = None  # Muon's peak LR when not MUON_LR
+    ns_steps: int = 5  # Muon's Newton-Schulz iterations
     batch_ramp: bool = False
     compile: bool = False
     bf16: bool = False
@@ -53,6 +54,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("muon", f"Muon (lr {MUON_LR}, momentum 0.95, Nesterov, 5 Newton-Schulz steps) for the blocks' "
             "weight matrices, AdamW for embedding and gains", muon=True),
     Variant("muon_lr", "Muon at lr 0.04 (2x PyTorch's example) for the same matrices", muon=True, muon_lr=0.04),
+    Variant("ns3", "Muon with 3 Newton-Schulz iterations instead of 5 (a cheaper step)", muon=True, ns_steps=3),
+    Variant("batch32", "batch 32 instead of 16 (half the steps, each on twice the tokens)", train=dict(batch_size=32)),
     Variant("relu2", "squared ReLU MLP, hidden 1.5 x d_ff, so its parameters equal SwiGLU's", arch=("relu2",)),
     Variant("qk_norm", "RMSNorm on each head's queries and keys before RoPE", arch=("qk_norm",)),
     Variant("untied", "a separate output head instead of the tied embedding", arch=("untied",)),
@@ -76,7 +79,7 @@ def combine(names: list[str]) -> Variant:
     return Variant("+".join(names), "combination: " + "; ".join(p.why for p in parts), arch=arch, train=train,
                    muon=any(p.muon for p in parts),
                    muon_lr=max((p.muon_lr for p in parts if p.muon_lr), default=None),
-                   batch_ramp=any(p.batch_ramp for p in parts),
+                   ns_steps=min(p.ns_steps for p in parts), batch_ramp=any(p.batch_ramp for p in parts),
                    compile=any(p.compile for p in parts), bf16=any(p.bf16 for p in parts))
 
 
@@ -218,11 +221,11 @@ class MuonWithAdamW:
     `set_lr` applies, so one schedule drives both optimizers.
     """
 
-    def __init__(self, model: nn.Module, config: tinyllm.TrainConfig, muon_lr: float = MUON_LR):
+    def __init__(self, model: nn.Module, config: tinyllm.TrainConfig, muon_lr: float = MUON_LR, ns_steps: int = 5):
         matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
         chosen = {id(p) for p in matrices}
         self.muon = torch.optim.Muon(matrices, lr=muon_lr, weight_decay=config.weight_decay, momentum=0.95,
-                                     nesterov=True)
+                                     nesterov=True, ns_steps=ns_steps)
         for group in self.muon.param_groups:
             group["lr_scale"] = muon_lr / config.lr
         self.adamw = tinyllm.make_optimizer(_Without(model, chosen), config)
@@ -251,7 +254,7 @@ class _Without(nn.Module):
 def build_optimizer(variant: Variant, model: nn.Module, config: tinyllm.TrainConfig):
     """Part I's AdamW, or Muon + AdamW for the muon rung."""
     if variant.muon:
-        return MuonWithAdamW(model, config, variant.muon_lr or MUON_LR)
+        return MuonWithAdamW(model, config, variant.muon_lr or MUON_LR, variant.ns_steps)
     return tinyllm.make_optimizer(model, config)
 
 
