@@ -7,9 +7,9 @@ The file has two parts:
   Part I, the chapter (sections 1-14): what a learner needs to see, in the order of the notebook
     `tiny_llm.ipynb`, which holds every one of these definitions too, identical, under the same
     numbered headings. Read it side by side with the notebook.
-  Part II, the toolkit (sections A-E, module only): what real runs need on top - crash-safe
-    checkpoint files, exact resume, Ctrl-C, several GPUs (DDP), the command line and export - built
-    from Part I's pieces, never a copy of them.
+  Part II, the toolkit (the package tinyllm_toolkit/, reached through this module's footer): what
+    real runs need on top - crash-safe checkpoint files, exact resume, Ctrl-C, several GPUs (DDP),
+    the command line and export - built from Part I's pieces, never a copy of them.
 `python tinyllm.py --help` is the command line, and `import tinyllm` the library.
 
 The model follows today's small open models rather than GPT-2. The papers behind it:
@@ -20,6 +20,9 @@ The model follows today's small open models rather than GPT-2. The papers behind
   - GLU Variants Improve Transformer (Shazeer, 2020): the SwiGLU feed-forward layer.
   - LLaMA (Touvron et al., 2023): how these pieces fit together in a pre-norm decoder.
   - Decoupled Weight Decay Regularization (Loshchilov & Hutter, 2019): AdamW.
+  - Muon: An optimizer for hidden layers in neural networks (Jordan et al., 2024, kellerjordan.github.io):
+    the cpu preset's optimizer for the blocks' weight matrices.
+  - Scaling Vision Transformers to 22 Billion Parameters (Dehghani et al., 2023): QK-norm.
   - Dropout (Srivastava et al., 2014): the regularisation of the 9m preset.
 """
 
@@ -621,44 +624,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)  # (B, H, T, D)
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with RoPE.
-
-    Each head compares queries with keys in its own head_dim channels. The fast path is PyTorch's
-    fused `scaled_dot_product_attention`; `by_hand = True` runs `attention_by_hand` and keeps the
-    weights in `self.weights` for plotting.
-    """
-
-    def __init__(self, cfg: "ModelConfig"):
-        super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # queries, keys, values in one matmul
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.by_hand = False
-        self.weights: Optional[torch.Tensor] = None
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C). `cache` is a KVCache (section 12) during fast generation, else None."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        causal = True
-        if cache is not None:
-            k, v = cache.add(k, v)  # (B, H, S, D): every key and value this layer still remembers
-            causal = T > 1  # a single new query may look at everything in the cache
-        if self.by_hand:
-            y, self.weights = attention_by_hand(q, k, v, causal=causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
-        return self.proj(y)
-
-
-# ----------------------------------------------------------------------------------------------
-# 7. The transformer block
-# ----------------------------------------------------------------------------------------------
-
 class RMSNorm(nn.Module):
     """Scale each vector to unit root-mean-square, then by a learned gain: x / rms(x) * g.
 
@@ -676,6 +641,47 @@ class RMSNorm(nn.Module):
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with RoPE.
+
+    Each head compares queries with keys in its own head_dim channels. The fast path is PyTorch's
+    fused `scaled_dot_product_attention`; `by_hand = True` runs `attention_by_hand` and keeps the
+    weights in `self.weights` for plotting.
+    """
+
+    def __init__(self, cfg: "ModelConfig"):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # queries, keys, values in one matmul
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        # QK-norm (cfg.qk_norm): every head's queries and keys at unit RMS keep the attention logits bounded
+        self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.by_hand = False
+        self.weights: Optional[torch.Tensor] = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). `cache` is a KVCache (section 12) during fast generation, else None."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        causal = True
+        if cache is not None:
+            k, v = cache.add(k, v)  # (B, H, S, D): every key and value this layer still remembers
+            causal = T > 1  # a single new query may look at everything in the cache
+        if self.by_hand:
+            y, self.weights = attention_by_hand(q, k, v, causal=causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
+        return self.proj(y)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. The transformer block
+# ----------------------------------------------------------------------------------------------
 
 class SwiGLU(nn.Module):
     """The feed-forward layer: down(silu(gate(x)) * up(x)).
@@ -731,10 +737,12 @@ PRESETS: dict[str, dict[str, dict]] = {
     # The most model that ~100 s on 2 CPU cores can train (see bench/README.md for how it was chosen).
     "cpu": {
         # Context 64 (twice the steps/s of 128), 3 wide layers, lr 2e-3, no weight decay: the winners of the
-        # experiments in bench/README.md ("Training on CPU"). It sees the text ~1.6 times: no dropout needed.
-        "model": dict(n_layer=3, n_head=4, d_model=128, d_ff=384, block_size=64),
-        "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50, weight_decay=0.0, max_steps=100_000,
-                      max_time=100.0, eval_interval=250, eval_windows=32, log_interval=100),
+        # experiments in bench/README.md ("Training on CPU"); Muon and QK-norm: the speedrun's ("Speedrun").
+        # Fewer than two passes over the text in 100 s: no dropout needed.
+        "model": dict(n_layer=3, n_head=4, d_model=128, d_ff=384, block_size=64, qk_norm=True),
+        "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50, weight_decay=0.0, optimizer="muon",
+                      muon_lr=0.02, max_steps=100_000, max_time=100.0, eval_interval=250, eval_windows=32,
+                      log_interval=100),
     },
     # The GPU default: ~8.9M parameters with a 65-character vocabulary, context 256. It memorises
     # TinyShakespeare fast: without dropout, validation loss turns up after ~500 steps (1.51 -> 3.90 at
@@ -769,6 +777,8 @@ def check_model_config(cfg: "ModelConfig") -> None:
         raise ValueError(f"dropout must be at least 0 and below 1, got {cfg.dropout}")
     if not (math.isfinite(cfg.rope_theta) and cfg.rope_theta > 0):
         raise ValueError(f"rope_theta must be a positive number, got {cfg.rope_theta}")
+    if not isinstance(cfg.qk_norm, bool):
+        raise ValueError(f"qk_norm must be True or False, got {cfg.qk_norm!r}")
 
 
 @dataclass
@@ -783,6 +793,7 @@ class ModelConfig:
     d_ff: int = 768  # hidden width of the SwiGLU feed-forward layer
     dropout: float = 0.0
     rope_theta: float = 10000.0
+    qk_norm: bool = False  # an RMSNorm on each head's queries and keys (section 6)
 
     def __post_init__(self) -> None:
         check_model_config(self)  # a bad shape is a clear error now, not a puzzling one in a forward pass
@@ -865,6 +876,10 @@ def check_train_config(config: "TrainConfig") -> None:
             raise ValueError(f"{name} must be at least {low}, got {getattr(config, name)}")
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise ValueError(f"the learning rate must be a positive number, got {config.lr}")
+    if config.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {config.optimizer!r}")
+    if not (math.isfinite(config.muon_lr) and config.muon_lr > 0):
+        raise ValueError(f"muon_lr must be a positive number, got {config.muon_lr}")
     if not config.min_lr >= 0:
         raise ValueError(f"min_lr must be at least 0, got {config.min_lr}")
     if config.max_time is not None and not config.max_time > 0:
@@ -884,6 +899,8 @@ class TrainConfig:
     max_time: Optional[float] = None  # seconds; with it, the LR schedule follows the clock
     weight_decay: float = 0.1
     beta2: float = 0.99
+    optimizer: str = "adamw"  # or "muon": Muon for the blocks' weight matrices, AdamW for the rest
+    muon_lr: float = 0.02  # Muon's peak LR; its schedule is the same warmup and cosine, scaled
     grad_clip: float = 1.0
     eval_interval: int = 250
     eval_windows: int = 64  # validation windows per periodic evaluation; the final one uses all
@@ -926,14 +943,52 @@ def lr_at(step: int, progress: float, config: TrainConfig) -> float:
     return config.min_lr + cosine * (config.lr - config.min_lr)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW, with weight decay on every parameter of 2 or more dimensions (the weight matrices, the tied
-    embedding included) and none on the 1-D RMSNorm gains, which set scales rather than store patterns."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), eps=1e-8)
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """g with its singular vectors kept and its singular values pushed close to 1 (U V^T, for g = U S V^T).
+
+    Newton-Schulz: x -> a x + b (x x^T) x + c (x x^T)^2 x turns each singular value s into a s + b s^3 + c s^5;
+    five take every s from ~0.002 (of the norm) to 1 into about 0.7 .. 1.2. float32: fast on every CPU."""
+    a, b, c = 3.4445, -4.7750, 2.0315  # Keller Jordan's quintic (the Muon write-up, 2024)
+    tall = g.size(0) > g.size(1)
+    x = g.T if tall else g  # (m, n) with m <= n, so that x @ x.T is the smaller square
+    x = x / (x.norm() + 1e-7)  # every singular value now at most 1
+    for _ in range(steps):
+        s = x @ x.T  # (m, m)
+        x = a * x + (b * s + c * s @ s) @ x
+    return x.T if tall else x
+
+
+class MuonAdamW(torch.optim.AdamW):
+    """AdamW, except for the parameter groups marked "muon", which take Muon's step (Jordan et al., 2024):
+    momentum as in SGD, but a step along orthogonalize(momentum), every direction of it the same size, so
+    that the rarely pushed directions learn as fast as the often pushed ones; at muon_scale times the LR.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for group in (g for g in self.param_groups if g.get("muon")):
+            for p in (p for p in group["params"] if p.grad is not None):
+                state = self.state[p]
+                if not state:  # a step count too, which AdamW's loader expects of every parameter's state
+                    state.update(step=torch.tensor(0.0), momentum=torch.zeros_like(p))
+                state["step"] += 1
+                state["momentum"].lerp_(p.grad, 1 - group["momentum"])  # a running mean of the gradients
+                update = orthogonalize(p.grad.lerp(state["momentum"], group["momentum"]))  # Nesterov: a step ahead
+                lr = group["lr"] * group["muon_scale"]  # decoupled weight decay, then the step (longer if tall)
+                p.mul_(1 - lr * group["weight_decay"]).add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                p.grad = None  # done: AdamW's step below skips a parameter without a gradient
+        super().step()
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> MuonAdamW:
+    """AdamW, with weight decay on the weight matrices (the tied embedding too), none on the 1-D RMSNorm gains,
+    which set scales rather than store patterns; with optimizer = "muon", Muon for the blocks' matrices."""
+    decay, no_decay, muon = ({"params": [], "weight_decay": wd} for wd in (config.weight_decay, 0.0, config.weight_decay))
+    muon.update(muon=True, momentum=0.95, muon_scale=config.muon_lr / config.lr)
+    for name, p in ((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        is_muon = config.optimizer == "muon" and "blocks." in name and p.dim() == 2  # also under DDP or compile
+        (muon if is_muon else decay if p.dim() >= 2 else no_decay)["params"].append(p)
+    return MuonAdamW([g for g in (decay, no_decay, muon) if g["params"]], lr=config.lr, betas=(0.9, config.beta2))
 
 
 def choose_precision(device: torch.device, dtype: str = "auto") -> Optional[torch.dtype]:
@@ -1166,6 +1221,16 @@ def prepare_data(text: str, tokenizer: Tokenizer) -> tuple[list[int], list[int],
 # 11. Sampling
 # ----------------------------------------------------------------------------------------------
 
+def check_sampling(temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
+    """Refuse sampling settings that mean nothing, with a message that says what is allowed."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Pick the next token from logits (B, V); returns (B, 1).
@@ -1173,12 +1238,7 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional
     temperature 0 is greedy (argmax); otherwise logits / temperature become probabilities, cut to the
     top_k most likely tokens and/or the smallest set whose probability reaches top_p, and sampled from.
     """
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature

@@ -3,6 +3,8 @@
 Every variant is built from Part I's pieces (`TinyLLM`, `CausalSelfAttention`, `RMSNorm`, `apply_rope`,
 `make_optimizer`): a subclass or a swapped submodule, never a copy of the chapter's code, so that the
 ladder measures exactly one change against today's `cpu` preset and the chapter stays untouched.
+(The 100 s ladder in bench/README.md ran at commit e3cd7f5, on the preset of the time: AdamW, no
+QK-norm, which is the `previous` variant here. Its two winners are now the preset's, in Part I.)
 
 A `Variant` names its changes; `combine` merges several into one (the candidate preset). `build_model`
 and `build_optimizer` turn a variant into a model and an optimizer; the training loop that runs them
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 
 import tinyllm
 
-ARCH_OPTIONS = ("relu2", "qk_norm", "untied", "value_embed", "zero_init", "softcap")
+ARCH_OPTIONS = ("relu2", "untied", "value_embed", "zero_init", "softcap")
 SOFTCAP = 15.0  # logits are squashed into (-15, 15): modded-nanogpt's later value
 MUON_LR = 0.02  # Muon's peak LR for the weight matrices (PyTorch's documented example); AdamW keeps its own
 RAMP_BATCH, RAMP_UNTIL = 8, 0.25  # batch ramp: batch 8 for the first quarter of the budget, then the preset's
@@ -34,7 +36,8 @@ class Variant:
     name: str
     why: str
     arch: tuple[str, ...] = ()  # model changes, from ARCH_OPTIONS
-    train: dict = field(default_factory=dict)  # TrainConfig overrides (lr, min_lr, warmup_steps)
+    train: dict = field(default_factory=dict)  # TrainConfig overrides (lr, min_lr, warmup_steps, optimizer)
+    model: dict = field(default_factory=dict)  # ModelConfig overrides (qk_norm)
     muon: bool = False
     muon_lr: Optional[float] = None  # Muon's peak LR when not MUON_LR
     ns_steps: int = 5  # Muon's Newton-Schulz iterations
@@ -51,13 +54,15 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("baseline", "today's cpu preset, unchanged"),
-    Variant("muon", f"Muon (lr {MUON_LR}, momentum 0.95, Nesterov, 5 Newton-Schulz steps) for the blocks' "
-            "weight matrices, AdamW for embedding and gains", muon=True),
+    Variant("previous", "the cpu preset before the speedrun: AdamW for every parameter, no QK-norm",
+            train=dict(optimizer="adamw"), model=dict(qk_norm=False)),
+    Variant("muon", f"torch.optim.Muon (lr {MUON_LR}, momentum 0.95, Nesterov, 5 Newton-Schulz steps, bf16) for "
+            "the blocks' weight matrices, AdamW for embedding and gains", muon=True),
     Variant("muon_lr", "Muon at lr 0.04 (2x PyTorch's example) for the same matrices", muon=True, muon_lr=0.04),
     Variant("ns3", "Muon with 3 Newton-Schulz iterations instead of 5 (a cheaper step)", muon=True, ns_steps=3),
     Variant("batch32", "batch 32 instead of 16 (half the steps, each on twice the tokens)", train=dict(batch_size=32)),
     Variant("relu2", "squared ReLU MLP, hidden 1.5 x d_ff, so its parameters equal SwiGLU's", arch=("relu2",)),
-    Variant("qk_norm", "RMSNorm on each head's queries and keys before RoPE", arch=("qk_norm",)),
+    Variant("qk_norm", "RMSNorm on each head's queries and keys before RoPE", model=dict(qk_norm=True)),
     Variant("untied", "a separate output head instead of the tied embedding", arch=("untied",)),
     Variant("value_embed", "a per-layer token embedding added to the attention values", arch=("value_embed",)),
     Variant("zero_init", "attention and MLP output projections start at zero", arch=("zero_init",)),
@@ -71,12 +76,20 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 ]}
 
 
+# What --ladder runs: the baseline and each change of issue 19 alone. The other variants are the preset
+# before the speedrun (previous) and follow-ups on Muon's settings and the batch (muon_lr, ns3, batch32).
+LADDER = ("baseline", "muon", "relu2", "qk_norm", "untied", "value_embed", "zero_init", "softcap", "lr_warmup",
+          "batch_ramp", "compile", "bf16")
+
+
 def combine(names: list[str]) -> Variant:
     """The variant with all the named changes switched on ("muon+relu2" on the command line)."""
     parts = [get_variant(n) for n in names]
     arch = tuple(dict.fromkeys(a for p in parts for a in p.arch))
     train = {k: v for p in parts for k, v in p.train.items()}
+    model = {k: v for p in parts for k, v in p.model.items()}
     return Variant("+".join(names), "combination: " + "; ".join(p.why for p in parts), arch=arch, train=train,
+                   model=model,
                    muon=any(p.muon for p in parts),
                    muon_lr=max((p.muon_lr for p in parts if p.muon_lr), default=None),
                    ns_steps=min(p.ns_steps for p in parts), batch_ramp=any(p.batch_ramp for p in parts),
@@ -118,16 +131,11 @@ class ReLU2MLP(nn.Module):
 
 
 class LadderAttention(tinyllm.CausalSelfAttention):
-    """Part I's attention with two optional changes: QK-norm (an RMSNorm on every head's queries and keys,
-    which bounds the attention logits) and value embeddings (a token embedding added to the values).
+    """Part I's attention (QK-norm included, as its config says) plus value embeddings: a token embedding
+    added to the values, which gives every layer direct access to the token ids.
 
     Training and evaluation only: no KV cache (sample from a TinyLLM if you want text).
     """
-
-    def __init__(self, cfg: tinyllm.ModelConfig, qk_norm: bool):
-        super().__init__(cfg)
-        self.q_norm = tinyllm.RMSNorm(self.head_dim) if qk_norm else None
-        self.k_norm = tinyllm.RMSNorm(self.head_dim) if qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None,
                 ve: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -138,9 +146,7 @@ class LadderAttention(tinyllm.CausalSelfAttention):
         if ve is not None:
             v = v + ve
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = tinyllm.apply_rope(q, cos, sin), tinyllm.apply_rope(k, cos, sin)
+        q, k = tinyllm.apply_rope(self.q_norm(q), cos, sin), tinyllm.apply_rope(self.k_norm(k), cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
@@ -169,9 +175,10 @@ class LadderLLM(tinyllm.TinyLLM):
 
     def _swap_block(self, block: tinyllm.Block, cfg: tinyllm.ModelConfig) -> None:
         """Replace one block's submodules as the options ask; keep Part I's qkv/proj weights."""
-        if self.arch & {"qk_norm", "value_embed"}:
-            attn = LadderAttention(cfg, qk_norm="qk_norm" in self.arch)
-            attn.qkv, attn.proj = block.attn.qkv, block.attn.proj
+        if "value_embed" in self.arch:
+            attn = LadderAttention(cfg)
+            for name in ("qkv", "proj", "q_norm", "k_norm"):  # Part I's weights, as initialised
+                setattr(attn, name, getattr(block.attn, name))
             block.attn = attn
         if "relu2" in self.arch:
             block.mlp = ReLU2MLP(cfg)
@@ -245,14 +252,17 @@ class _Without(nn.Module):
 
     def __init__(self, model: nn.Module, skip: set[int]):
         super().__init__()
-        self._params = [p for p in model.parameters() if id(p) not in skip]
+        self._named = [(n, p) for n, p in model.named_parameters() if id(p) not in skip]
+
+    def named_parameters(self, *args, **kwargs):
+        return iter(self._named)
 
     def parameters(self, recurse: bool = True):
-        return iter(self._params)
+        return iter(p for _, p in self._named)
 
 
 def build_optimizer(variant: Variant, model: nn.Module, config: tinyllm.TrainConfig):
-    """Part I's AdamW, or Muon + AdamW for the muon rung."""
+    """Part I's make_optimizer (the preset's optimizer), or torch.optim.Muon + Part I's AdamW for the muon rungs."""
     if variant.muon:
         return MuonWithAdamW(model, config, variant.muon_lr or MUON_LR, variant.ns_steps)
     return tinyllm.make_optimizer(model, config)

@@ -103,7 +103,7 @@ class Trainer:
         preset = tinyllm.check_preset(track.preset)
         self.variant, self.device = variant, torch.device(track.device)
         tinyllm.seed_everything(seed)
-        self.cfg = tinyllm.ModelConfig.from_preset(track.preset, vocab_size, **(model_overrides or {}))
+        self.cfg = tinyllm.ModelConfig.from_preset(track.preset, vocab_size, **{**variant.model, **(model_overrides or {})})
         self.config = tinyllm.TrainConfig(**{**preset["train"], **variant.train, "max_steps": total_steps,
                                              "max_time": None, "device": track.device, "seed": seed})
         self.model = ladder.build_model(variant, self.cfg).to(self.device).train()
@@ -396,13 +396,18 @@ def panel_title(label: str, rows: list[dict]) -> str:
 
 
 def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Optional[Path], track: str,
-           timing_sessions: Optional[list[str]] = None) -> None:
-    """Tables (and the figure) from the JSONL: equal steps and/or wall clock, and the latest step-time ratios."""
+           timing_sessions: Optional[list[str]] = None, run_sessions: Optional[list[str]] = None) -> None:
+    """Tables (and the figure) from the JSONL: equal steps and/or wall clock, and the latest step-time ratios.
+
+    run_sessions keeps only the runs of those sessions, so that each variant is paired with the baseline
+    runs interleaved with it (a baseline from another session ran under another load)."""
     panels = []
     views = [("steps", dict(steps_target=steps), f"equal steps ({steps} each)") if steps else None,
              ("budget", dict(budget_s=budget), f"wall clock ({budget:g} s of training each)") if budget else None]
     for mode, match, label in filter(None, views):
-        rows = summarise(read_records(path, kind="run", track=track, mode=mode, **match), TRACKS[track].thresholds)
+        runs = [r for r in read_records(path, kind="run", track=track, mode=mode, **match)
+                if not run_sessions or r.get("session") in run_sessions]
+        rows = summarise(runs, TRACKS[track].thresholds)
         if rows:
             print_summary(rows, label)
             panels.append((panel_title(label, rows), rows))
@@ -426,7 +431,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--track", choices=sorted(TRACKS), default="cpu")
     p.add_argument("--configs", default="baseline", help="comma-separated variants of bench/ladder.py; "
                    "join changes with '+' (muon+relu2)")
-    p.add_argument("--ladder", action="store_true", help="the baseline and every rung of the ladder")
+    p.add_argument("--ladder", action="store_true", help="the baseline and every rung of the ladder (ladder.LADDER)")
     p.add_argument("--budget", type=float, default=None, help="seconds of training (default: the track's)")
     p.add_argument("--steps", type=int, default=None, help="train a fixed number of steps instead of a budget")
     p.add_argument("--seeds", type=int, default=3, help=f"how many seeds, from {SEEDS[0]} on (at most {len(SEEDS)})")
@@ -441,7 +446,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timing-sessions", default=None, help="with --report: the timing sessions to use "
                    "(comma-separated; default: the latest timing of each variant)")
     p.add_argument("--out", type=Path, default=RESULTS, help="the JSONL file results go to (and --report reads)")
-    p.add_argument("--session", default=None, help="a label stored with every record (default: the start time)")
+    p.add_argument("--session", default=None, help="a label stored with every record (default: the start time); "
+                   "with --report, the sessions whose runs to read (comma-separated; default: all)")
     return p.parse_args()
 
 
@@ -451,14 +457,14 @@ def main() -> None:
     if args.report:
         sessions = args.timing_sessions.split(",") if args.timing_sessions else None
         report(args.out, args.steps, args.budget or (None if args.steps else track.budget_s), args.figure, track.name,
-               sessions)
+               sessions, args.session.split(",") if args.session else None)
         return
     if track.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("the gpu track needs a CUDA GPU, and this machine has none")
     threads = args.threads or track.threads
     if threads:
         torch.set_num_threads(threads)
-    names = list(ladder.VARIANTS) if args.ladder else args.configs.split(",")
+    names = list(ladder.LADDER) if args.ladder else args.configs.split(",")
     variants = [ladder.get_variant(n) for n in names]
     session = args.session or time.strftime("%Y%m%d-%H%M%S")
     if args.timing:

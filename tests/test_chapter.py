@@ -73,7 +73,7 @@ def test_one_head_is_attention_by_hand_of_its_projections():
 
 def test_multi_head_by_hand_equals_the_fused_layer_without_rotation():
     torch.manual_seed(0)
-    cfg = SimpleNamespace(d_model=32, n_head=4, d_ff=64, dropout=0.0)
+    cfg = SimpleNamespace(d_model=32, n_head=4, d_ff=64, dropout=0.0, qk_norm=False)
     slow = MultiHeadAttention(cfg.d_model, cfg.n_head)
     fused = CausalSelfAttention(cfg)
     with torch.no_grad():  # the heads' projections stacked: all queries, then all keys, then all values

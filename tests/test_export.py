@@ -1,4 +1,5 @@
-"""Export to Hugging Face: transformers loads the model as LlamaForCausalLM and computes what tinyllm computes.
+"""Export to Hugging Face: transformers loads the model as LlamaForCausalLM (Qwen3ForCausalLM with QK-norm)
+and computes what tinyllm computes.
 
 transformers, safetensors and tokenizers are optional for users, so a developer without them sees these
 tests skipped; CI installs them (requirements-dev.txt), and there a missing library is a failure.
@@ -57,11 +58,13 @@ def bpe(corpus_text) -> tinyllm.BPETokenizer:
     return tinyllm.BPETokenizer.train(text, 360, special_tokens=[SPECIAL])
 
 
-@pytest.fixture(scope="module")
-def model(bpe) -> tinyllm.TinyLLM:
-    """A tiny model whose weights are far from their initial values (norm gains included)."""
+@pytest.fixture(scope="module", params=[False, True], ids=["llama", "qk_norm-qwen3"])
+def model(bpe, request) -> tinyllm.TinyLLM:
+    """A tiny model whose weights are far from their initial values (norm gains included); with and
+    without QK-norm, which transformers loads as a Qwen3 (a Llama with q_norm and k_norm)."""
     torch.manual_seed(0)
-    model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset("tiny", bpe.vocab_size, rope_theta=500.0))
+    cfg = tinyllm.ModelConfig.from_preset("tiny", bpe.vocab_size, rope_theta=500.0, qk_norm=request.param)
+    model = tinyllm.TinyLLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -81,7 +84,7 @@ def hf_model(exported):
 def test_folder_holds_a_standard_llama(exported, hf_model, model):
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "tinyllm_tokenizer.json"} <= {p.name for p in exported.iterdir()}
-    assert type(hf_model).__name__ == "LlamaForCausalLM"
+    assert type(hf_model).__name__ == ("Qwen3ForCausalLM" if model.config.qk_norm else "LlamaForCausalLM")
     c, cfg = hf_model.config, model.config
     assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
             c.vocab_size, c.max_position_embeddings) == (cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.n_head, cfg.n_head,

@@ -20,9 +20,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture
-def cfg() -> ModelConfig:
-    return ModelConfig.from_preset("tiny", V)
+@pytest.fixture(params=[False, True], ids=["", "qk_norm"])
+def cfg(request) -> ModelConfig:
+    return ModelConfig.from_preset("tiny", V, qk_norm=request.param)
 
 
 def rope_for(cfg: ModelConfig, T: int, start: int = 0):
@@ -189,6 +189,7 @@ def test_presets_build_and_count_parameters(preset):
     model = TinyLLM(cfg)
     d, L = cfg.d_model, cfg.n_layer
     per_block = 3 * d * d + d * d + 2 * d * cfg.d_ff + cfg.d_ff * d + 2 * d  # qkv, proj, gate_up, down, 2 norms
+    per_block += 2 * (d // cfg.n_head) if cfg.qk_norm else 0  # QK-norm's gains, one per head channel
     assert model.num_params() == V * d + L * per_block + d  # embedding (= head), blocks, final norm
 
 

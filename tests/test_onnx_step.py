@@ -51,9 +51,10 @@ def test_the_step_computes_the_models_cached_forward_past_the_context(prompt_len
     assert tokens == want
 
 
-def test_the_step_holds_for_other_shapes():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_the_step_holds_for_other_shapes(qk_norm):
     torch.manual_seed(0)
-    model = shaken(tiny_model(40, n_layer=3, n_head=4, d_model=32, block_size=16, rope_theta=500.0))
+    model = shaken(tiny_model(40, n_layer=3, n_head=4, d_model=32, block_size=16, rope_theta=500.0, qk_norm=qk_norm))
     compare_steps(model, torch.randint(0, 40, (1, 16)), 40)
 
 

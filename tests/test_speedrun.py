@@ -89,9 +89,21 @@ def test_changes_keep_part_ones_weights_where_they_do_not_touch() -> None:
     torch.manual_seed(2)
     base = tinyllm.TinyLLM(cfg)
     torch.manual_seed(2)
-    qk = ladder.build_model(ladder.get_variant("qk_norm"), cfg)
-    assert torch.equal(base.blocks[1].attn.qkv.weight, qk.blocks[1].attn.qkv.weight)
-    assert isinstance(qk.blocks[1].attn, ladder.LadderAttention)
+    ve = ladder.build_model(ladder.get_variant("value_embed"), cfg)
+    assert torch.equal(base.blocks[1].attn.qkv.weight, ve.blocks[1].attn.qkv.weight)
+    assert isinstance(ve.blocks[1].attn, ladder.LadderAttention)
+
+
+def test_previous_is_the_preset_before_the_speedrun_and_baseline_is_todays() -> None:
+    """`previous` undoes the two changes the speedrun put into the cpu preset: AdamW everywhere, no QK-norm."""
+    track = speedrun.TRACKS["cpu"]
+    now = speedrun.Trainer(ladder.get_variant("baseline"), track, 65, seed=0, total_steps=10)
+    before = speedrun.Trainer(ladder.get_variant("previous"), track, 65, seed=0, total_steps=10)
+    assert now.cfg.qk_norm and now.config.optimizer == "muon"
+    assert any(g.get("muon") for g in now.optimizer.param_groups)
+    assert not before.cfg.qk_norm and before.config.optimizer == "adamw"
+    assert not any(g.get("muon") for g in before.optimizer.param_groups)
+    assert before.model.num_params() == now.model.num_params() - 2 * now.cfg.n_layer * (now.cfg.d_model // now.cfg.n_head)
 
 
 def test_untied_zero_init_and_softcap_do_what_they_say() -> None:
@@ -117,6 +129,11 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest() -> None:
     ladder.set_lr(opt, 1e-3)
     assert opt.muon.param_groups[0]["lr"] == pytest.approx(1e-3 * ladder.MUON_LR / 3e-3)
     assert opt.adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_the_ladder_is_made_of_known_rungs() -> None:
+    assert set(ladder.LADDER) <= set(ladder.VARIANTS) and ladder.LADDER[0] == "baseline"
+    assert len(set(ladder.LADDER)) == len(ladder.LADDER) == 12
 
 
 def test_combine_and_ramp() -> None:

@@ -54,10 +54,10 @@ TRICKY_TEXTS = [
 PROMPT = "The king speaks of the crown and the fool "  # longer than the tiny preset's context of 32
 
 
-def train_tiny(tokenizer: tinyllm.Tokenizer, text: str, steps: int = 40) -> tinyllm.TinyLLM:
+def train_tiny(tokenizer: tinyllm.Tokenizer, text: str, steps: int = 40, **model_overrides) -> tinyllm.TinyLLM:
     """The tiny preset, trained for a few steps: enough for text with a shape, in a few seconds."""
     torch.manual_seed(0)
-    model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset("tiny", tokenizer.vocab_size))
+    model = tinyllm.TinyLLM(tinyllm.ModelConfig.from_preset("tiny", tokenizer.vocab_size, **model_overrides))
     train_ids, val_ids, _ = tinyllm.prepare_data(text, tokenizer)
     config = tinyllm.TrainConfig.from_preset("tiny", max_steps=steps, device="cpu", progress=False)
     tinyllm.fit(model, train_ids, val_ids, config, tokenizer)
@@ -66,10 +66,10 @@ def train_tiny(tokenizer: tinyllm.Tokenizer, text: str, steps: int = 40) -> tiny
 
 @pytest.fixture(scope="module")
 def char_run(corpus_text, tmp_path_factory) -> Path:
-    """A run directory holding a checkpoint with a character tokenizer."""
+    """A run directory holding a checkpoint with a character tokenizer, and QK-norm (the cpu preset's)."""
     tok = tinyllm.CharTokenizer.from_text(corpus_text)
     run = tmp_path_factory.mktemp("char-run")
-    tinyllm.save_checkpoint(run / "best.pt", train_tiny(tok, corpus_text), tok, step=40)
+    tinyllm.save_checkpoint(run / "best.pt", train_tiny(tok, corpus_text, qk_norm=True), tok, step=40)
     return run
 
 

@@ -60,7 +60,9 @@ RUN = options(
     (("--max-time",), dict(type=float, help="stop after this many seconds of training (train's default: the preset's; "
                                             f"chat-train's: {CHAT_MAX_TIME:.0f} s without --max-steps)")),
     (("--batch-size",), dict(type=int, help="sequences per step (default: the preset's)")),
-    (("--lr",), dict(type=float, help="peak learning rate (default: the preset's)")),
+    (("--lr",), dict(type=float, help="peak learning rate (of AdamW, with --optimizer muon; default: the preset's)")),
+    (("--optimizer",), dict(choices=("adamw", "muon"), help="adamw, or muon for the blocks' weight matrices "
+                                                           "(default: the preset's; cpu: muon)")),
     (("--eval-interval",), dict(type=int, help="steps between evaluations (default: the preset's)")),
     (("--dtype",), dict(default="auto", help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA GPUs that have it, fp16 "
                                              "on older ones, fp32 elsewhere)")),
@@ -128,7 +130,8 @@ INT8_HELP = ("with --onnx or --web: weights in 8 bits (onnxruntime's quantize_dy
 def add_export(sub) -> None:
     e = sub.add_parser("export", parents=[CKPT], help="export a checkpoint for Hugging Face transformers, ONNX or a web page",
                        description="Write a checkpoint as a folder that Hugging Face transformers loads as "
-                                   "LlamaForCausalLM (--hf; needs: pip install transformers safetensors), as an "
+                                   "LlamaForCausalLM, or Qwen3ForCausalLM with QK-norm (--hf; needs: pip install "
+                                   "transformers safetensors), as an "
                                    "ONNX file (--onnx), or as a static web page that runs it in the browser, a chat "
                                    "page for a chat-train model (--web; both need: pip install onnx). The folder of "
                                    "--hf and --web must be new, empty or an earlier export, unless --overwrite; --onnx "
@@ -192,7 +195,8 @@ def train_overrides(args, default_max_time: Optional[float] = None) -> dict:
     budget, or default_max_time seconds if given. A new --lr moves the cosine's floor to a tenth of it.
     """
     overrides = {k: v for k, v in dict(batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
-                                         max_steps=args.max_steps, max_time=args.max_time).items() if v is not None}
+                                         max_steps=args.max_steps, max_time=args.max_time,
+                                         optimizer=args.optimizer).items() if v is not None}
     if args.max_steps is None and args.max_time is None and default_max_time is not None:
         overrides["max_time"] = default_max_time
     if args.max_steps is not None and args.max_time is None:
@@ -273,7 +277,7 @@ def new_job(args, device: torch.device) -> TrainJob:
     model = TinyLLM(ModelConfig.from_preset(preset, tokenizer.vocab_size))
     amp = choose_precision(device, config.dtype)
     print(f"tinyllm | {model.num_params() / 1e6:.2f}M parameters ({preset} preset) | device {device} | "
-          f"{str(amp or torch.float32).replace('torch.', '')} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
+          f"{str(amp or torch.float32).replace('torch.', '')} | {config.optimizer} | {tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size} | "
           f"{len(train_ids):,} train + {len(val_ids):,} val tokens | budget {budget(config)} | out {out}")
     return TrainJob(model, tokenizer, config, {"data": str(args.data), "preset": preset}, train_ids, val_ids, out)
 

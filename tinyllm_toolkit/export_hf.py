@@ -19,10 +19,15 @@ from tinyllm_toolkit.files import atomic_write_bytes, export_folder, export_sour
 # same pre-norm blocks, RMSNorm, SwiGLU and RoPE in the same "rotate half" layout (channel i turns
 # with channel i + head_dim/2, so no weights need permuting), no biases, and a head tied to the
 # embedding. Only the names differ, and our fused qkv and gate_up matrices are cut into q, k, v and
-# gate, up. transformers, safetensors and tokenizers are needed only here, and imported only here.
+# gate, up. A model with QK-norm (cfg.qk_norm, the cpu preset's) is a Qwen3 instead: a Llama plus an
+# RMSNorm on each head's queries and keys before RoPE, which is exactly ours (q_norm, k_norm).
+# transformers, safetensors and tokenizers are needed only here, and imported only here.
+
+ARCHITECTURE = {False: "Llama", True: "Qwen3"}  # by cfg.qk_norm
+
 
 def hf_state_dict(model: TinyLLM) -> dict[str, torch.Tensor]:
-    """Our weights under LlamaForCausalLM's names (lm_head is left out: it is tied to embed_tokens)."""
+    """Our weights under LlamaForCausalLM's (or Qwen3ForCausalLM's) names; lm_head is left out, tied to embed_tokens."""
     weights = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
     for i, block in enumerate(model.blocks):
         q, k, v = block.attn.qkv.weight.chunk(3, dim=0)  # forward() splits qkv's output as [q, k, v]
@@ -31,6 +36,8 @@ def hf_state_dict(model: TinyLLM) -> dict[str, torch.Tensor]:
                  "self_attn.v_proj": v, "self_attn.o_proj": block.attn.proj.weight,
                  "post_attention_layernorm": block.norm2.weight, "mlp.gate_proj": gate, "mlp.up_proj": up,
                  "mlp.down_proj": block.mlp.down.weight}
+        if model.config.qk_norm:
+            layer.update({"self_attn.q_norm": block.attn.q_norm.weight, "self_attn.k_norm": block.attn.k_norm.weight})
         weights.update({f"model.layers.{i}.{name}.weight": w for name, w in layer.items()})
     return {name: w.detach().to("cpu", torch.float32).clone() for name, w in weights.items()}
 
@@ -122,7 +129,7 @@ def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: 
     """Write a model (or a checkpoint file or run directory) as a Hugging Face folder; returns its path.
 
     The folder holds config.json and model.safetensors, which AutoModelForCausalLM.from_pretrained
-    loads as LlamaForCausalLM, and, given a tokenizer (a checkpoint brings its own), tokenizer.json
+    loads as LlamaForCausalLM (Qwen3ForCausalLM with QK-norm), and, given a tokenizer (a checkpoint brings its own), tokenizer.json
     and tokenizer_config.json for AutoTokenizer, plus tinyllm_tokenizer.json for load_tokenizer.
     out_dir must be new, empty or an earlier export, unless `overwrite` (see `export_folder`).
     """
@@ -135,7 +142,8 @@ def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: 
     cfg, out = model.config, Path(out_dir)
     with export_folder(out, "hf", overwrite) as folder:  # written there, then moved into out
         config = {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+            "architectures": [f"{ARCHITECTURE[cfg.qk_norm]}ForCausalLM"], "model_type": ARCHITECTURE[cfg.qk_norm].lower(),
+            "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head, "head_dim": cfg.d_model // cfg.n_head,
             "hidden_act": "silu", "rms_norm_eps": model.norm.eps, "max_position_embeddings": cfg.block_size,
@@ -143,6 +151,7 @@ def export_hf(checkpoint: str | Path | TinyLLM, out_dir: str | Path, tokenizer: 
             "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
             "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
             "bos_token_id": None, "eos_token_id": None, "pad_token_id": None, "torch_dtype": "float32",
+            "use_sliding_window": False, "sliding_window": None,  # Qwen3 reads these; Llama ignores them
         }
         atomic_write_bytes(folder / "config.json", json.dumps(config, indent=2).encode("utf-8"))
         save_file(hf_state_dict(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
