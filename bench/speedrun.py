@@ -353,16 +353,17 @@ def read_records(path: Path, **match) -> list[dict]:
     return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
 
-def plot(panels: list[tuple[str, list[dict]]], out_png: Path, ratios: Optional[dict[str, dict]] = None) -> None:
+def plot(panels: list[tuple[str, list[dict], str]], out_png: Path, ratios: Optional[dict[str, dict]] = None) -> None:
     """One panel per measurement kind: val mean +- std per variant, the baseline's mean and its 2σ band;
-    each label carries the variant's step time relative to the baseline, where it was measured."""
+    each label carries the steps a variant made in its budget (wall clock), or its step time relative to
+    the baseline (equal steps), where it was measured."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(9.5 * len(panels), 0.42 * max(len(r) for _, r in panels) + 1.6),
+    fig, axes = plt.subplots(1, len(panels), figsize=(9.5 * len(panels), 0.42 * max(len(r) for _, r, _ in panels) + 1.6),
                              squeeze=False)
-    for ax, (title, rows) in zip(axes[0], panels):
+    for ax, (title, rows, mode) in zip(axes[0], panels):
         names = [r["variant"] for r in rows][::-1]
         means = [r["mean"] for r in rows][::-1]
         stds = [0.0 if math.isnan(r["std"]) else r["std"] for r in rows][::-1]
@@ -376,8 +377,9 @@ def plot(panels: list[tuple[str, list[dict]]], out_png: Path, ratios: Optional[d
             if not math.isnan(base["std"]):
                 ax.axvspan(base["mean"] - 2 * base["std"], base["mean"] + 2 * base["std"], color="black", alpha=0.08)
         ratios = ratios or {}
-        ax.set_yticks(range(len(names)), [f"{n} (step ×{ratios[n]['ratio']:.2f})" if n in ratios else n
-                                          for n in names])
+        steps = {r["variant"]: r["steps"] for r in rows}
+        ax.set_yticks(range(len(names)), [f"{n} ({steps[n]:,.0f} steps)" if mode == "budget" else
+                                          f"{n} (step ×{ratios[n]['ratio']:.2f})" if n in ratios else n for n in names])
         ax.set_xlabel("validation loss, whole split (nats/char; lower is better)")
         ax.set_title(title, fontsize=8.5)
         ax.grid(axis="x", alpha=0.3)
@@ -410,7 +412,7 @@ def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Op
         rows = summarise(runs, TRACKS[track].thresholds)
         if rows:
             print_summary(rows, label)
-            panels.append((panel_title(label, rows), rows))
+            panels.append((panel_title(label, rows), rows, mode))
     latest: dict[str, dict] = {}
     for r in read_records(path, kind="timing", track=track):
         if not timing_sessions or r["session"] in timing_sessions:
@@ -420,7 +422,7 @@ def report(path: Path, steps: Optional[int], budget: Optional[float], figure: Op
         for name, r in latest.items():
             print(f"{name:<28} {r['ratio']:.3f} (rounds {r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f}) "
                   f"{r['median_step_s'] * 1000:.1f} ms/step  warm-up {r['warmup_s']:.1f}s  load {r['load_start'][0]:.2f}")
-    for title, rows in panels:
+    for title, rows, _ in panels:
         print(f"\n{title.splitlines()[0]}, as Markdown:\n{markdown(rows, latest)}")
     if figure and panels:
         plot(panels, figure, latest)
