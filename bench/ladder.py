@@ -13,6 +13,7 @@ is `bench/speedrun.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -229,13 +230,17 @@ class MuonWithAdamW:
     """
 
     def __init__(self, model: nn.Module, config: tinyllm.TrainConfig, muon_lr: float = MUON_LR, ns_steps: int = 5):
-        matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2]
-        chosen = {id(p) for p in matrices}
+        # Part I's make_optimizer decides which parameters are Muon's (the blocks' matrices) and groups the
+        # rest for AdamW; here PyTorch's Muon takes those matrices instead of Part I's Muon step.
+        part_one = tinyllm.make_optimizer(model, dataclasses.replace(config, optimizer="muon"))
+        matrices = [p for g in part_one.param_groups if g.get("muon") for p in g["params"]]
         self.muon = torch.optim.Muon(matrices, lr=muon_lr, weight_decay=config.weight_decay, momentum=0.95,
                                      nesterov=True, ns_steps=ns_steps)
         for group in self.muon.param_groups:
             group["lr_scale"] = muon_lr / config.lr
-        self.adamw = tinyllm.make_optimizer(_Without(model, chosen), config)
+        rest = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in part_one.param_groups
+                if not g.get("muon")]
+        self.adamw = tinyllm.MuonAdamW(rest, lr=config.lr, betas=(0.9, config.beta2))  # no Muon group: AdamW
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
     def step(self) -> None:
@@ -245,20 +250,6 @@ class MuonWithAdamW:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.muon.zero_grad(set_to_none=set_to_none)
         self.adamw.zero_grad(set_to_none=set_to_none)
-
-
-class _Without(nn.Module):
-    """A view of a model's parameters minus some, so Part I's make_optimizer can group the rest."""
-
-    def __init__(self, model: nn.Module, skip: set[int]):
-        super().__init__()
-        self._named = [(n, p) for n, p in model.named_parameters() if id(p) not in skip]
-
-    def named_parameters(self, *args, **kwargs):
-        return iter(self._named)
-
-    def parameters(self, recurse: bool = True):
-        return iter(p for _, p in self._named)
 
 
 def build_optimizer(variant: Variant, model: nn.Module, config: tinyllm.TrainConfig):
