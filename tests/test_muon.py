@@ -78,7 +78,8 @@ def test_without_muon_groups_it_is_torchs_adamw_exactly(corpus_text):
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is in torch 2.9 and later")
-def test_muon_step_is_pytorchs_muon():
+@pytest.mark.parametrize("ns_steps", [5, 3])  # PyTorch's default, and the cpu preset's
+def test_muon_step_is_pytorchs_muon(ns_steps: int):
     """PyTorch's Muon orthogonalizes in bf16, ours in float32: the same step, to bf16's precision.
 
     Only the blocks' matrices train (the rest is frozen), so that both models see the same gradients."""
@@ -87,11 +88,12 @@ def test_muon_step_is_pytorchs_muon():
     for name, p in ours.named_parameters():
         p.requires_grad_("blocks." in name and p.dim() == 2)
     theirs = copy.deepcopy(ours)
-    config = TrainConfig.from_preset("tiny", optimizer="muon", muon_lr=0.02, weight_decay=0.0)
+    config = TrainConfig.from_preset("tiny", optimizer="muon", muon_lr=0.02, weight_decay=0.0, muon_steps=ns_steps)
     opt_ours = make_optimizer(ours, config)
     assert all(g.get("muon") for g in opt_ours.param_groups)  # frozen parameters get no group
     matrices = [p for n, p in theirs.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
-    opt_theirs = torch.optim.Muon(matrices, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0)
+    opt_theirs = torch.optim.Muon(matrices, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0,
+                                  ns_steps=ns_steps)
     before = [p.detach().clone() for p in matrices]
     x = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(1))
     for _ in range(3):  # the later steps use the momentum
@@ -121,6 +123,30 @@ def test_muon_state_is_saved_and_a_bad_optimizer_name_is_refused():
         TrainConfig(optimizer="sgd")
     with pytest.raises(ValueError, match="muon_lr"):
         TrainConfig(muon_lr=0.0)
+    with pytest.raises(ValueError, match="muon_steps must be at least 1"):
+        TrainConfig(muon_steps=0)
+
+
+def test_muon_state_from_before_ns_steps_steps_with_five():
+    """Optimizer states saved before the muon_steps field have no "ns_steps" in their Muon group: they take
+    Newton-Schulz's usual 5 steps, the step they took when they were saved."""
+    torch.manual_seed(0)
+    model = TinyLLM(ModelConfig.from_preset("tiny", 40))
+    x = torch.randint(0, 40, (2, 8))
+    old_model, new_model = copy.deepcopy(model), copy.deepcopy(model)
+    for m in (old_model, new_model):
+        m(x, x)[1].backward()
+    saved = make_optimizer(model, TrainConfig.from_preset("tiny", optimizer="muon")).state_dict()
+    muon_group = next(g for g in saved["param_groups"] if g.get("muon"))
+    assert muon_group.pop("ns_steps") == 5
+    old = make_optimizer(old_model, TrainConfig.from_preset("tiny", optimizer="muon", muon_steps=3))
+    old.load_state_dict(saved)  # the saved groups replace the new ones: no ns_steps
+    new = make_optimizer(new_model, TrainConfig.from_preset("tiny", optimizer="muon", muon_steps=5))
+    old.step()
+    new.step()
+    assert not torch.equal(new_model.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)  # it stepped
+    for a, b in zip(old_model.parameters(), new_model.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_qk_norm_gives_queries_and_keys_unit_rms():

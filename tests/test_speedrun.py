@@ -15,7 +15,8 @@ import torch
 import tinyllm
 from bench import ladder, speedrun
 
-TINY = speedrun.Track("tiny", "tiny", "cpu", None, 5.0, (3.0,), eval_interval=3, eval_windows=4)
+TINY = speedrun.Track("tiny", "tiny", "cpu", None, 5.0, (3.0,), eval_interval=3, eval_windows=4,
+                      early_eval_interval=3)
 
 
 def tiny_cfg(**overrides) -> tinyllm.ModelConfig:
@@ -63,6 +64,16 @@ def test_every_rung_trains_and_its_loss_falls(name: str, tiny_data) -> None:
     assert all(math.isfinite(r["val_loss"]) for r in history)
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert record["load_start"] and record["load_end"]
+
+
+@pytest.mark.parametrize("threshold, rows", [(99.0, [2, 5, 10, 15, 20]), (0.0, list(range(2, 21, 2)))])
+def test_evaluations_are_fine_until_the_last_threshold_then_coarse(threshold: float, rows: list[int], tiny_data) -> None:
+    """Every 2 steps until val <= the threshold (at once for 99 nats, never for 0), then every 5."""
+    track = speedrun.Track("tiny", "tiny", "cpu", None, 5.0, (threshold,), eval_interval=5, eval_windows=4,
+                           early_eval_interval=2)
+    record = speedrun.train_run(ladder.get_variant("baseline"), track, tiny_data, seed=0, budget_s=None, steps=20)
+    assert [r["step"] for r in record["history"]] == rows + [20]  # and the final one, on the whole split
+    assert record["history"][-1]["windows"] == "all"
 
 
 def test_squared_relu_has_exactly_swiglus_parameters() -> None:
