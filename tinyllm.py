@@ -737,12 +737,12 @@ PRESETS: dict[str, dict[str, dict]] = {
     # The most model that ~100 s on 2 CPU cores can train (see bench/README.md for how it was chosen).
     "cpu": {
         # Context 64 (twice the steps/s of 128), 3 wide layers, lr 2e-3, no weight decay: the winners of the
-        # experiments in bench/README.md ("Training on CPU"); Muon and QK-norm: the speedrun's ("Speedrun").
-        # Fewer than two passes over the text in 100 s: no dropout needed.
+        # experiments in bench/README.md ("Training on CPU"); Muon (3 Newton-Schulz steps), QK-norm, batch 24
+        # and a short warmup: the speedrun's ("Speedrun"). Fewer than two passes over the text: no dropout.
         "model": dict(n_layer=3, n_head=4, d_model=128, d_ff=384, block_size=64, qk_norm=True),
-        "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50, weight_decay=0.0, optimizer="muon",
-                      muon_lr=0.02, max_steps=100_000, max_time=100.0, eval_interval=250, eval_windows=32,
-                      log_interval=100),
+        "train": dict(batch_size=24, lr=2e-3, min_lr=2e-4, warmup_steps=10, weight_decay=0.0, optimizer="muon",
+                      muon_lr=0.02, muon_steps=3, max_steps=100_000, max_time=100.0, eval_interval=250,
+                      eval_windows=32, log_interval=100),
     },
     # The GPU default: ~8.9M parameters with a 65-character vocabulary, context 256. It memorises
     # TinyShakespeare fast: without dropout, validation loss turns up after ~500 steps (1.51 -> 3.90 at
@@ -948,8 +948,7 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """g with its singular vectors kept and its singular values pushed close to 1 (U V^T, for g = U S V^T).
 
     Newton-Schulz: x -> a x + b (x x^T) x + c (x x^T)^2 x turns each singular value s into a s + b s^3 + c s^5;
-    five take every s from ~0.002 (of the norm) to 1 into about 0.7 .. 1.2; three, every s above ~0.01 into
-    0.4 .. 1.2 (and the smallest up 40-fold). float32: fast on every CPU."""
+    five take every s from ~0.002 (of the norm) to 1 into 0.7 .. 1.2; three, every s above 0.01 into 0.4 .. 1.2."""
     a, b, c = 3.4445, -4.7750, 2.0315  # Keller Jordan's quintic (the Muon write-up, 2024)
     tall = g.size(0) > g.size(1)
     x = g.T if tall else g  # (m, n) with m <= n, so that x @ x.T is the smaller square
@@ -975,8 +974,7 @@ class MuonAdamW(torch.optim.AdamW):
                     state.update(step=torch.tensor(0.0), momentum=torch.zeros_like(p))
                 state["step"] += 1
                 state["momentum"].lerp_(p.grad, 1 - group["momentum"])  # a running mean of the gradients
-                nesterov = p.grad.lerp(state["momentum"], group["momentum"])  # a step ahead along the momentum
-                update = orthogonalize(nesterov, group.get("ns_steps", 5))  # (5: checkpoints from before the field)
+                update = orthogonalize(p.grad.lerp(state["momentum"], group["momentum"]), group["ns_steps"])  # Nesterov: a step ahead
                 lr = group["lr"] * group["muon_scale"]  # decoupled weight decay, then the step (longer if tall)
                 p.mul_(1 - lr * group["weight_decay"]).add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
                 p.grad = None  # done: AdamW's step below skips a parameter without a gradient

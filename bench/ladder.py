@@ -62,9 +62,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("muon_lr", "Muon at lr 0.04 (2x PyTorch's example) for the same matrices", muon=True, muon_lr=0.04),
     Variant("ns3", "Muon with 3 Newton-Schulz iterations instead of 5 (a cheaper step)", muon=True, ns_steps=3),
     Variant("batch32", "batch 32 instead of 16 (half the steps, each on twice the tokens)", train=dict(batch_size=32)),
-    Variant("muon3", "Part I's Muon with 3 Newton-Schulz steps instead of 5", train=dict(muon_steps=3)),
-    Variant("warmup10", "warmup of 10 steps instead of 50", train=dict(warmup_steps=10)),
-    Variant("batch24", "batch 24 instead of 16 (Muon's fixed cost per step over more tokens)", train=dict(batch_size=24)),
+    Variant("first_muon", "the cpu preset of the first Muon record (commit 6871ae5): batch 16, 5 Newton-Schulz "
+            "steps, warmup 50", train=dict(batch_size=16, muon_steps=5, warmup_steps=50)),
+    Variant("muon3", "Part I's Muon with 3 Newton-Schulz steps (first_muon: 5)", train=dict(muon_steps=3)),
+    Variant("warmup10", "warmup of 10 steps (first_muon: 50)", train=dict(warmup_steps=10)),
+    Variant("batch24", "batch 24 (first_muon: 16): Muon's fixed cost per step over more tokens",
+            train=dict(batch_size=24)),
     Variant("relu2", "squared ReLU MLP, hidden 1.5 x d_ff, so its parameters equal SwiGLU's", arch=("relu2",)),
     Variant("qk_norm", "RMSNorm on each head's queries and keys before RoPE", model=dict(qk_norm=True)),
     Variant("untied", "a separate output head instead of the tied embedding", arch=("untied",)),
@@ -81,8 +84,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 
 
 # What --ladder runs: the baseline and each change of issue 19 alone. The other variants are the preset
-# before the speedrun (previous) and follow-ups on Muon's settings and the batch (muon_lr, ns3, batch32, and,
-# for the time to nanoGPT's loss, muon3, warmup10, batch24).
+# before the speedrun (previous), the preset of the first Muon record (first_muon), and follow-ups on Muon's
+# settings and the batch (muon_lr, ns3, batch32, and for the time to nanoGPT's loss muon3, warmup10, batch24,
+# which the preset took: on first_muon, muon3+warmup10+batch24 is today's preset).
 LADDER = ("baseline", "muon", "relu2", "qk_norm", "untied", "value_embed", "zero_init", "softcap", "lr_warmup",
           "batch_ramp", "compile", "bf16")
 

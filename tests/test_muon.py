@@ -16,6 +16,7 @@ import torch
 
 import tinyllm
 from tinyllm import MuonAdamW, ModelConfig, TinyLLM, TrainConfig, make_optimizer, orthogonalize
+from tinyllm_toolkit.runs import load_optimizer_state
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -127,9 +128,9 @@ def test_muon_state_is_saved_and_a_bad_optimizer_name_is_refused():
         TrainConfig(muon_steps=0)
 
 
-def test_muon_state_from_before_ns_steps_steps_with_five():
-    """Optimizer states saved before the muon_steps field have no "ns_steps" in their Muon group: they take
-    Newton-Schulz's usual 5 steps, the step they took when they were saved."""
+def test_muon_state_from_before_ns_steps_resumes_with_five():
+    """Optimizer states saved before the muon_steps field have no "ns_steps" in their Muon group: resumed by
+    the toolkit, they take Newton-Schulz's usual 5 steps, the step they took when they were saved."""
     torch.manual_seed(0)
     model = TinyLLM(ModelConfig.from_preset("tiny", 40))
     x = torch.randint(0, 40, (2, 8))
@@ -140,7 +141,7 @@ def test_muon_state_from_before_ns_steps_steps_with_five():
     muon_group = next(g for g in saved["param_groups"] if g.get("muon"))
     assert muon_group.pop("ns_steps") == 5
     old = make_optimizer(old_model, TrainConfig.from_preset("tiny", optimizer="muon", muon_steps=3))
-    old.load_state_dict(saved)  # the saved groups replace the new ones: no ns_steps
+    load_optimizer_state(old, saved)  # the toolkit's resume: the saved groups replace the new ones
     new = make_optimizer(new_model, TrainConfig.from_preset("tiny", optimizer="muon", muon_steps=5))
     old.step()
     new.step()

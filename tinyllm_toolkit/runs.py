@@ -138,6 +138,14 @@ class Run:
         return t.item()
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """The saved state; a Muon group saved before TrainConfig.muon_steps existed gets the 5 steps it took."""
+    optimizer.load_state_dict(saved)  # the saved groups, hyperparameters included, replace the new ones
+    for group in optimizer.param_groups:
+        if group.get("muon"):
+            group.setdefault("ns_steps", 5)
+
+
 def start_run(model: TinyLLM, config: TrainConfig, resume: Optional[dict]) -> Run:
     """Put the model on its device with a fresh optimizer, or with the state a checkpoint saved."""
     device = pick_device(config.device)
@@ -150,7 +158,7 @@ def start_run(model: TinyLLM, config: TrainConfig, resume: Optional[dict]) -> Ru
     if world > 1:  # after the model is built (DDP copies rank 0's weights): each rank its own dropout masks
         torch.manual_seed(config.seed + 7919 * rank)
     if resume is not None:
-        run.optimizer.load_state_dict(resume["optimizer"])
+        load_optimizer_state(run.optimizer, resume["optimizer"])
         if resume.get("scaler"):
             run.scaler.load_state_dict(resume["scaler"])
         run.state = resume["train_state"]
