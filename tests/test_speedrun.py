@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tinyllm
-from bench import ladder, speedrun
+from bench import early_screen, ladder, speedrun
 
 TINY = speedrun.Track("tiny", "tiny", "cpu", None, 5.0, (3.0,), eval_interval=3, eval_windows=4,
                       early_eval_interval=3)
@@ -168,3 +168,20 @@ def test_first_below_and_summary() -> None:
     assert rows["x"]["diff"] == pytest.approx(-0.105)
     assert rows["x"]["beyond_noise"]
     assert rows["x"]["first_below"]["1.9"] == {"seconds": 2.0, "step": 100}
+
+
+def test_early_screen_finds_the_first_step_at_the_target_and_applies_its_knobs(tiny_data, monkeypatch) -> None:
+    """bench/early_screen.py on the tiny preset: an evaluation every 10 steps, the first one at or below the
+    target, and the embedding / gain LR multiples in the AdamW groups' lr_scale."""
+    args = early_screen.parse_args(["--stop", "30", "--total", "60", "--gain-lr", "5", "--qk-gain", "2"])
+    monkeypatch.setattr(early_screen, "TARGET", 99.0)  # any loss is below it: the first evaluation
+    record = early_screen.screen(ladder.get_variant("baseline"), 0, args, tiny_data, TINY)
+    assert [s for s, _ in record["history"]] == [10, 20, 30]
+    assert record["first_1898_step"] == 10
+    monkeypatch.setattr(early_screen, "TARGET", 0.0)  # never reached
+    assert early_screen.screen(ladder.get_variant("baseline"), 0, args, tiny_data, TINY)["first_1898_step"] is None
+    trainer = speedrun.Trainer(ladder.get_variant("qk_norm"), TINY, tiny_data[2], 0, 60)
+    early_screen.tune_early(trainer, args)
+    scales = {p.dim(): g["lr_scale"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert scales == {2: 1.0, 1: 5.0}  # the tied embedding x1, the RMSNorm gains x5
+    assert torch.equal(trainer.model.blocks[0].attn.q_norm.weight, torch.full((16,), 2.0))
