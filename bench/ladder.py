@@ -55,8 +55,8 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("baseline", "today's cpu preset, unchanged"),
-    Variant("previous", "the cpu preset before the speedrun: AdamW for every parameter, no QK-norm",
-            train=dict(optimizer="adamw"), model=dict(qk_norm=False)),
+    Variant("previous", "the cpu preset before the speedrun: AdamW for every parameter, no QK-norm, batch 16, "
+            "warmup 50", train=dict(optimizer="adamw", batch_size=16, warmup_steps=50), model=dict(qk_norm=False)),
     Variant("muon", f"torch.optim.Muon (lr {MUON_LR}, momentum 0.95, Nesterov, 5 Newton-Schulz steps, bf16) for "
             "the blocks' weight matrices, AdamW for embedding and gains", muon=True),
     Variant("muon_lr", "Muon at lr 0.04 (2x PyTorch's example) for the same matrices", muon=True, muon_lr=0.04),
