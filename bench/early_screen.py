@@ -9,8 +9,9 @@ steps of a schedule planned for `--total` (about the steps a 100 s run makes, so
 the speedrun's), evaluates every 10 steps on the speedrun's 256 windows, and prints one JSON line (also
 appended to bench/results/early_screen.jsonl) with the first step at or below 1.898 and the history.
 
-Knobs beyond the ladder's variants, for the early phase only: the AdamW LR of the embedding and of the
-RMSNorm gains (as multiples), the starting value of the q/k RMSNorm gains, and a Muon momentum warmup.
+Knobs beyond the ladder's variants, for the early phase only: the LR of AdamW's group of matrices (with
+Muon, the embedding alone; with AdamW only, every matrix) and of the RMSNorm gains, as multiples; the
+starting value of the q/k RMSNorm gains; and a Muon momentum warmup.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--stop", type=int, default=420, help="steps to train")
     p.add_argument("--total", type=int, default=1600, help="the steps the LR schedule is planned for")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--embed-lr", dest="embed_lr", type=float, default=1.0, help="x the AdamW LR for the embedding")
+    p.add_argument("--embed-lr", dest="embed_lr", type=float, default=1.0,
+                   help="x the AdamW LR for its matrices (with Muon: the embedding alone)")
     p.add_argument("--gain-lr", dest="gain_lr", type=float, default=1.0, help="x the AdamW LR for the RMSNorm gains")
     p.add_argument("--qk-gain", dest="qk_gain", type=float, default=1.0, help="the q/k RMSNorm gains' first value")
     p.add_argument("--momentum-from", dest="momentum_from", type=float, default=None,
