@@ -56,14 +56,17 @@ class Variant:
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("baseline", "today's cpu preset, unchanged"),
     Variant("previous", "the cpu preset before the speedrun: AdamW for every parameter, no QK-norm, batch 16, "
-            "warmup 50", train=dict(optimizer="adamw", batch_size=16, warmup_steps=50), model=dict(qk_norm=False)),
+            "warmup 50, float32", train=dict(optimizer="adamw", batch_size=16, warmup_steps=50, dtype="fp32"),
+            model=dict(qk_norm=False)),
     Variant("muon", f"torch.optim.Muon (lr {MUON_LR}, momentum 0.95, Nesterov, 5 Newton-Schulz steps, bf16) for "
             "the blocks' weight matrices, AdamW for embedding and gains", muon=True),
     Variant("muon_lr", "Muon at lr 0.04 (2x PyTorch's example) for the same matrices", muon=True, muon_lr=0.04),
     Variant("ns3", "Muon with 3 Newton-Schulz iterations instead of 5 (a cheaper step)", muon=True, ns_steps=3),
     Variant("batch32", "batch 32 instead of 16 (half the steps, each on twice the tokens)", train=dict(batch_size=32)),
     Variant("first_muon", "the cpu preset of the first Muon record (commit 6871ae5): batch 16, 5 Newton-Schulz "
-            "steps, warmup 50", train=dict(batch_size=16, muon_steps=5, warmup_steps=50)),
+            "steps, warmup 50, float32", train=dict(batch_size=16, muon_steps=5, warmup_steps=50, dtype="fp32")),
+    Variant("fp32", "today's preset in float32 (its dtype auto picks bf16 on a CPU with bf16 instructions): the "
+            "preset of the second record (commit 839427e)", train=dict(dtype="fp32")),
     Variant("muon3", "Part I's Muon with 3 Newton-Schulz steps (first_muon: 5)", train=dict(muon_steps=3)),
     Variant("warmup10", "warmup of 10 steps (first_muon: 50)", train=dict(warmup_steps=10)),
     Variant("batch24", "batch 24 (first_muon: 16): Muon's fixed cost per step over more tokens",

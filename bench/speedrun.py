@@ -111,8 +111,9 @@ class Trainer:
         self.model = ladder.build_model(variant, self.cfg).to(self.device).train()
         self.net = torch.compile(self.model) if variant.compile else self.model
         self.optimizer = ladder.build_optimizer(variant, self.model, self.config)
-        self.amp = torch.bfloat16 if variant.bf16 or track.device == "cuda" else None
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+        # Part I's choice for the preset's dtype ("auto": bf16 on a CPU with bf16 instructions), unless the rung says bf16
+        self.amp = torch.bfloat16 if variant.bf16 else tinyllm.choose_precision(self.device, self.config.dtype)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.generator = torch.Generator().manual_seed(seed)
 
     def step(self, train_ids: torch.Tensor, step: int, progress: float) -> float:

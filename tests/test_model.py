@@ -1,6 +1,7 @@
 """The model: shapes of every part, attention by hand = SDPA, RoPE, init loss, presets, tying, no biases."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,6 +141,31 @@ def test_whole_model_by_hand_equals_fast_path(cfg):
         block.attn.by_hand = True
     slow, _ = model(idx)
     torch.testing.assert_close(slow, fast, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_runs_in_float32_under_cpu_autocast(cfg, monkeypatch):
+    """Under bf16 autocast on a CPU the matmuls around attention are bf16, attention itself float32
+    (PyTorch's CPU attention kernel is slower in bf16); the result is the float32 layer's, to bf16's precision."""
+    attn = CausalSelfAttention(cfg)
+    x = torch.randn(2, 10, cfg.d_model)
+    cos, sin = rope_for(cfg, 10)
+    reference = attn(x, cos, sin)
+    seen, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **kw: seen.append(
+        (q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu"))) or sdpa(q, k, v, **kw))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x, cos, sin)
+    assert seen == [(torch.float32, torch.float32, torch.float32, False)]
+    assert y.dtype == torch.bfloat16  # the output projection did run in bf16
+    torch.testing.assert_close(y.float(), reference, rtol=0.05, atol=0.02)
+
+
+def test_cpu_has_bf16_matches_the_cpu_flags():
+    flags = Path("/proc/cpuinfo")
+    if not flags.is_file():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    words = set(flags.read_text().split())
+    assert tinyllm.cpu_has_bf16() == bool({"avx512_bf16", "amx_tile"} & words)
 
 
 # --- RoPE -----------------------------------------------------------------------------------------

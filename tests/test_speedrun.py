@@ -187,16 +187,20 @@ def test_early_screen_finds_the_first_step_at_the_target_and_applies_its_knobs(t
     assert torch.equal(trainer.model.blocks[0].attn.q_norm.weight, torch.full((16,), 2.0))
 
 
-@pytest.mark.parametrize("name, batch, warmup, optimizer, ns_steps, qk_norm", [
-    ("previous", 16, 50, "adamw", None, False),  # the cpu preset before issue 19
-    ("first_muon", 16, 50, "muon", 5, True),  # the preset of the first Muon record (commit 6871ae5)
-    ("baseline", 24, 10, "muon", 3, True),  # today's
+@pytest.mark.parametrize("name, batch, warmup, optimizer, ns_steps, qk_norm, dtype", [
+    ("previous", 16, 50, "adamw", None, False, "fp32"),  # the cpu preset before issue 19
+    ("first_muon", 16, 50, "muon", 5, True, "fp32"),  # the preset of the first Muon record (commit 6871ae5)
+    ("fp32", 24, 10, "muon", 3, True, "fp32"),  # the preset of the second (commit 839427e)
+    ("baseline", 24, 10, "muon", 3, True, "auto"),  # today's
 ])
-def test_the_record_variants_pin_the_presets_they_name(name, batch, warmup, optimizer, ns_steps, qk_norm) -> None:
+def test_the_record_variants_pin_the_presets_they_name(name, batch, warmup, optimizer, ns_steps, qk_norm,
+                                                       dtype) -> None:
     """A records variant must not drift with today's preset: it pins every setting in which they differ."""
     trainer = speedrun.Trainer(ladder.get_variant(name), speedrun.TRACKS["cpu"], 65, 0, 100)
     config = trainer.config
     assert (config.batch_size, config.warmup_steps, config.optimizer, trainer.cfg.qk_norm) == (batch, warmup, optimizer, qk_norm)
+    assert config.dtype == dtype
+    assert trainer.amp == tinyllm.choose_precision(torch.device("cpu"), dtype)  # what the runs train in
     assert (config.lr, config.muon_lr, trainer.cfg.d_model, trainer.cfg.n_layer) == (2e-3, 0.02, 128, 3)
     muon = [g for g in trainer.optimizer.param_groups if g.get("muon")]
     assert [g["ns_steps"] for g in muon] == ([ns_steps] if ns_steps else [])

@@ -224,13 +224,16 @@ def test_bf16_autocast_runs_on_cpu(data, tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["scaler"] is None  # no scaler needed for bf16
 
 
-def test_fp32_on_cpu_by_default(data):
+@pytest.mark.parametrize("has_bf16, expected", [(False, {torch.float32}), (True, {torch.bfloat16})])
+def test_cpu_precision_by_default_follows_the_instructions(data, monkeypatch, has_bf16, expected):
+    """dtype "auto" on a CPU: bf16 autocast where the CPU multiplies bf16 in hardware, float32 elsewhere."""
+    monkeypatch.setattr(tinyllm, "cpu_has_bf16", lambda: has_bf16)
     tok, train_ids, val_ids = data
     model = tiny_model(tok.vocab_size)
     seen = []
     model.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    train(model, train_ids, val_ids, tiny_config(max_steps=2))
-    assert set(seen) == {torch.float32}
+    train(model, train_ids, val_ids, tiny_config(max_steps=2, dtype="auto"))
+    assert set(seen) == expected
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((7, 0), torch.float16),
@@ -242,9 +245,13 @@ def test_choose_precision_by_cuda_capability(monkeypatch, capability, expected):
     assert choose_precision(torch.device("cuda"), "fp32") is None
 
 
-def test_choose_precision_explicit_and_cpu():
+def test_choose_precision_explicit_and_cpu(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(tinyllm, "cpu_has_bf16", lambda: False)
     assert choose_precision(cpu, "auto") is None
+    monkeypatch.setattr(tinyllm, "cpu_has_bf16", lambda: True)
+    assert choose_precision(cpu, "auto") == torch.bfloat16
+    assert choose_precision(torch.device("mps"), "auto") is None  # MPS: float32 unless asked
     assert choose_precision(cpu, "fp32") is None
     assert choose_precision(cpu, "bf16") == torch.bfloat16
     assert choose_precision(cpu, "fp16") == torch.float16
