@@ -658,8 +658,7 @@ class CausalSelfAttention(nn.Module):
         # QK-norm (cfg.qk_norm): every head's queries and keys at unit RMS keep the attention logits bounded
         self.q_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
-        self.by_hand = False
-        self.weights: Optional[torch.Tensor] = None
+        self.by_hand, self.weights = False, None  # by_hand = True keeps the attention weights for plots
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). `cache` is a KVCache (section 12) during fast generation, else None."""
@@ -673,11 +672,9 @@ class CausalSelfAttention(nn.Module):
             causal = T > 1  # a single new query may look at everything in the cache
         if self.by_hand:
             y, self.weights = attention_by_hand(q, k, v, causal=causal)
-        elif q.is_cpu and torch.is_autocast_enabled("cpu"):  # a CPU's bf16 attention is slower than float32's
+        else:  # on a CPU in float32 even under bf16 autocast: there the fused kernel is slower in bf16
             with torch.autocast("cpu", enabled=False):
-                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                y = F.scaled_dot_product_attention(*(t.float() if t.is_cpu else t for t in (q, k, v)), is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
         return self.proj(y)
 
