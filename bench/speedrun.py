@@ -290,29 +290,37 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 def summarise(records: list[dict], thresholds: tuple[float, ...] = TRACKS["cpu"].thresholds) -> list[dict]:
     """Per variant: val mean +- std, steps, threshold times, and the paired difference from the baseline.
 
-    The difference is taken over the seeds both have; "beyond noise" means it exceeds twice the larger of
-    the two standard deviations (the spread of single runs), a stricter test than the standard error of
-    the difference.
+    The difference is taken over the seeds both have, each run by the clock paired with the baseline run
+    of its own session (two sessions that both ran the baseline for a seed ran under different loads); "beyond
+    noise" means it exceeds twice the larger of the two standard deviations (the spread of single runs:
+    the variant's and that of the baseline runs it is paired with), a stricter test than the standard
+    error of the difference.
     """
     by_variant: dict[str, list[dict]] = {}
     for r in records:
         by_variant.setdefault(r["variant"], []).append(r)
-    base = by_variant.get("baseline", [])
-    base_val = {r["seed"]: r["val_loss"] for r in base}
+    base_val = {pair_key(r): r["val_loss"] for r in by_variant.get("baseline", [])}
     rows = []
     for name, rs in by_variant.items():
         mean, std = mean_std([r["val_loss"] for r in rs])
-        paired = [r["val_loss"] - base_val[r["seed"]] for r in rs if r["seed"] in base_val]
+        keys = [pair_key(r) for r in rs if pair_key(r) in base_val]
+        paired = [r["val_loss"] - base_val[pair_key(r)] for r in rs if pair_key(r) in base_val]
         row = {"variant": name, "n": len(rs), "mean": mean, "std": std,
                "steps": statistics.fmean(r["steps"] for r in rs), "train_s": statistics.fmean(r["train_s"] for r in rs),
                "load": [min(r["load_start"][0] for r in rs), max(r["load_end"][0] for r in rs)],
                "first_below": {f"{t:g}": mean_first([first_below(r["history"], t) for r in rs]) for t in thresholds}}
         if paired and name != "baseline":  # the difference on the seeds both have (the same data order)
-            b_std = mean_std(list(base_val.values()))[1]
+            b_std = mean_std([base_val[k] for k in keys])[1]  # the spread of the baseline runs it is paired with
             row["diff"], row["paired_std"] = mean_std(paired)
             row["beyond_noise"] = abs(row["diff"]) > 2 * max(std, b_std)
         rows.append(row)
     return rows
+
+
+def pair_key(record: dict) -> tuple:
+    """Which baseline run a run is compared with: the same seed, and for a run by the clock the same
+    session too (a run at equal steps is deterministic, so any session's baseline of that seed will do)."""
+    return (record.get("session") if record.get("mode") == "budget" else None, record["seed"])
 
 
 def mean_first(hits: list[Optional[dict]]) -> Optional[dict]:

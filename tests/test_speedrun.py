@@ -170,6 +170,27 @@ def test_first_below_and_summary() -> None:
     assert rows["x"]["first_below"]["1.9"] == {"seconds": 2.0, "step": 100}
 
 
+def test_summary_pairs_each_run_with_the_baseline_of_its_own_session() -> None:
+    """Seeds 4 and 5 added in a later session, with their own baseline runs: each difference is taken
+    against the baseline run of the same session and seed, and the noise bar uses the spread of the
+    baseline runs a variant is paired with, not of every baseline run under every load."""
+    history = [{"val_loss": 2.0, "seconds": 1.0, "step": 50}]
+    runs = [{"variant": v, "seed": s, "session": sess, "mode": "budget", "val_loss": val, "steps": 10,
+             "train_s": 1.0, "load_start": [0.1], "load_end": [0.2], "history": history}
+            for v, s, sess, val in [("baseline", 1, "a", 1.60), ("x", 1, "a", 1.65),  # +0.05
+                                    ("baseline", 4, "a", 1.90),  # an earlier session's seed 4, under another load
+                                    ("baseline", 4, "b", 1.61), ("x", 4, "b", 1.66)]]  # today's: +0.05
+    rows = {r["variant"]: r for r in speedrun.summarise(runs)}
+    assert rows["x"]["diff"] == pytest.approx(0.05)  # against session a's seed 4 it would be (0.05 - 0.24) / 2
+    assert rows["baseline"]["n"] == 3
+    assert rows["x"]["beyond_noise"]  # 0.05 > 2 x 0.007; with all three baseline runs (std 0.17) it would not be
+    # At equal steps a run is deterministic, so a baseline run of another session pairs with it; by the clock it does not.
+    other = [{**runs[1], "mode": "steps"}, {**runs[0], "session": "b", "val_loss": 1.61, "mode": "steps"}]  # x: a
+    assert {r["variant"]: r for r in speedrun.summarise(other)}["x"].get("diff") == pytest.approx(0.04)
+    clock = [{**r, "mode": "budget"} for r in other]
+    assert "diff" not in {r["variant"]: r for r in speedrun.summarise(clock)}["x"]
+
+
 def test_early_screen_finds_the_first_step_at_the_target_and_applies_its_knobs(tiny_data, monkeypatch) -> None:
     """bench/early_screen.py on the tiny preset: an evaluation every 10 steps, the first one at or below the
     target, and the embedding / gain LR multiples in the AdamW groups' lr_scale."""

@@ -64,8 +64,8 @@ RUN = options(
     (("--optimizer",), dict(choices=("adamw", "muon"), help="adamw, or muon for the blocks' weight matrices "
                                                            "(default: the preset's; cpu: muon)")),
     (("--eval-interval",), dict(type=int, help="steps between evaluations (default: the preset's)")),
-    (("--dtype",), dict(default="auto", help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA GPUs that have it, fp16 "
-                                             "on older ones, fp32 elsewhere)")),
+    (("--dtype",), dict(default="auto", help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA GPUs that have it and on "
+                                             "CPUs with bf16 instructions, fp16 on older GPUs, fp32 elsewhere)")),
     (("--out",), dict(help="run directory for last.pt and best.pt (default: a new runs/<date-time>)")),
     (("--seed",), dict(type=int, default=1337, help="random seed of the run (and of chat-train's conversations; "
                                                     "default 1337)")),
