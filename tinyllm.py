@@ -672,10 +672,10 @@ class CausalSelfAttention(nn.Module):
             causal = T > 1  # a single new query may look at everything in the cache
         if self.by_hand:
             y, self.weights = attention_by_hand(q, k, v, causal=causal)
-        else:  # on a CPU in float32 even under bf16 autocast: there the fused kernel is slower in bf16
+        else:  # on a CPU in float32, also under bf16 autocast: there the fused kernel is slower in bf16
             with torch.autocast("cpu", enabled=False):
                 y = F.scaled_dot_product_attention(*(t.float() if t.is_cpu else t for t in (q, k, v)), is_causal=causal)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
+        y = y.to(v.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): the heads side by side again
         return self.proj(y)
 
 

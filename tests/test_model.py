@@ -160,6 +160,15 @@ def test_attention_runs_in_float32_under_cpu_autocast(cfg, monkeypatch):
     torch.testing.assert_close(y.float(), reference, rtol=0.05, atol=0.02)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_runs_on_cpu(cfg, dtype):
+    """Weights in bf16 or fp16 (no autocast): attention still computes in float32 on a CPU, and hands
+    the projection what its weights are, so the forward pass keeps the model's dtype."""
+    model = TinyLLM(cfg).to(dtype).eval()
+    logits, _ = model(torch.randint(V, (2, 12)))
+    assert logits.dtype == dtype and torch.isfinite(logits.float()).all()
+
+
 def test_cpu_has_bf16_matches_the_cpu_flags():
     flags = Path("/proc/cpuinfo")
     if not flags.is_file():
