@@ -303,14 +303,14 @@ def summarise(records: list[dict], thresholds: tuple[float, ...] = TRACKS["cpu"]
     rows = []
     for name, rs in by_variant.items():
         mean, std = mean_std([r["val_loss"] for r in rs])
-        keys = [pair_key(r) for r in rs if pair_key(r) in base_val]
-        paired = [r["val_loss"] - base_val[pair_key(r)] for r in rs if pair_key(r) in base_val]
+        matched = [(base_val[key], r["val_loss"]) for r in rs if (key := pair_key(r)) in base_val]  # (baseline, run)
+        paired = [val - base for base, val in matched]
         row = {"variant": name, "n": len(rs), "mean": mean, "std": std,
                "steps": statistics.fmean(r["steps"] for r in rs), "train_s": statistics.fmean(r["train_s"] for r in rs),
                "load": [min(r["load_start"][0] for r in rs), max(r["load_end"][0] for r in rs)],
                "first_below": {f"{t:g}": mean_first([first_below(r["history"], t) for r in rs]) for t in thresholds}}
         if paired and name != "baseline":  # the difference on the seeds both have (the same data order)
-            b_std = mean_std([base_val[k] for k in keys])[1]  # the spread of the baseline runs it is paired with
+            b_std = mean_std([base for base, _ in matched])[1]  # the spread of the baseline runs it is paired with
             row["diff"], row["paired_std"] = mean_std(paired)
             row["beyond_noise"] = abs(row["diff"]) > 2 * max(std, b_std)
         rows.append(row)
